@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["CHUNK", "sha256_file", "copy_with_sha256", "fsync_dir", "atomic_write_text",
+__all__ = ["CHUNK", "sha256_file", "copy_with_sha256", "fsync_dir", "atomic_write_text", "exchange_dirs",
            "atomic_write_json", "atomic_symlink", "iter_files"]
 
 CHUNK = 8 * 1024 * 1024
@@ -100,3 +100,21 @@ def iter_files(root: Path, skip: Iterable[str] = ()) -> list[Path]:
                 continue
             out.append(rel)
     return out
+
+
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False where unsupported.
+
+    Used by ``publish --force`` so a replaced version is never missing, not even for an instant.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0

@@ -1,0 +1,438 @@
+"""The ModelStore: versioned, checksummed, atomically published model directories.
+
+Layout (``root`` from ``MODEL_STORE_ROOT``)::
+
+    <root>/base_models/versions/<version>/{manifest.json, config.json, *.safetensors, tokenizer...}
+    <root>/base_models/current -> versions/<version>
+    <root>/<agent>/adapters/<adapter>/versions/<version>/{manifest.json, adapter_config.json, ...}
+    <root>/<agent>/adapters/<adapter>/current -> versions/<version>
+    <root>/.staging/   in-flight publishes (removed by the next publisher)
+    <root>/.lock       one writer at a time
+
+A publish copies into ``.staging`` while hashing, fsyncs every file and directory, renames the staged
+directory into ``versions/`` and only then flips ``current``. A publisher killed at any point leaves
+either the old store or the new version, never a half-written version under ``versions/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock
+from pydantic import ValidationError
+
+from . import validate
+from .errors import (ChecksumError, ManifestError, ModelStoreError, NotFoundError, VersionExistsError)
+from .fsutil import (atomic_symlink, atomic_write_json, copy_with_sha256, exchange_dirs, fsync_dir, iter_files,
+                     sha256_file)
+from .manifest import AdapterInfo, FileEntry, Manifest, ModelMetadata, Source
+from .refs import BASE_NAMESPACE, CURRENT, AdapterRef, BaseRef, ModelRef, parse_ref, validate_version
+from .sources import refuse_pickles
+
+__all__ = ["DEFAULT_ROOT", "default_root", "Resolved", "VerifyReport", "ModelStore"]
+
+DEFAULT_ROOT = Path.home() / ".local" / "share" / "justnews" / "model_store"
+MANIFEST = "manifest.json"
+HISTORY = "history.json"
+
+
+def default_root() -> Path:
+    """``$MODEL_STORE_ROOT`` if set, else ``~/.local/share/justnews/model_store``."""
+    env = os.environ.get("MODEL_STORE_ROOT")
+    return Path(env).expanduser() if env else DEFAULT_ROOT
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A ref pinned to a concrete version, its directory and its manifest."""
+
+    ref: ModelRef
+    path: Path
+    manifest: Manifest
+
+
+@dataclass
+class VerifyReport:
+    ref: ModelRef
+    ok: bool
+    bad_files: dict[str, str]  # relative path -> what is wrong
+    checked_bytes: int
+
+
+class ModelStore:
+    """A store rooted at one directory. Safe for concurrent readers and concurrent publishers."""
+
+    def __init__(self, root: str | os.PathLike | None = None, *, progress: bool = False):
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.progress = progress
+
+    # ---------------------------------------------------------------- paths (only ever from refs)
+    def namespace_dir(self, ref: ModelRef | str) -> Path:
+        ref = parse_ref(ref)
+        if isinstance(ref, BaseRef):
+            return self.root / BASE_NAMESPACE
+        return self.root / ref.agent / "adapters" / ref.name
+
+    def _lock(self) -> FileLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".lock"))
+
+    def current_version(self, ref: ModelRef | str) -> str | None:
+        link = self.namespace_dir(ref) / CURRENT
+        if not link.is_symlink():
+            return None
+        target = os.readlink(link)
+        version = Path(target).name
+        return version if (self.namespace_dir(ref) / "versions" / version).is_dir() else None
+
+    def versions(self, ref: ModelRef | str) -> list[str]:
+        """Published versions of the ref's namespace, oldest first (by manifest created_at)."""
+        vdir = self.namespace_dir(ref) / "versions"
+        if not vdir.is_dir():
+            return []
+        found = []
+        for d in vdir.iterdir():
+            if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file():
+                try:
+                    created = self._read_manifest(d).created_at
+                except ManifestError:
+                    created = datetime.fromtimestamp(d.stat().st_mtime, timezone.utc)
+                found.append((created, d.name))
+        return [name for _, name in sorted(found)]
+
+    def pin(self, ref: ModelRef | str) -> ModelRef:
+        """Replace ``@current`` by the version it points at; check the version exists."""
+        ref = parse_ref(ref)
+        ns = self.namespace_dir(ref)
+        if not ns.is_dir():
+            raise NotFoundError(f"{ref}: the store at {self.root} has no namespace {ref.namespace!r}")
+        version = ref.version
+        if version == CURRENT:
+            version = self.current_version(ref)
+            if version is None:
+                raise NotFoundError(f"{ref}: namespace {ref.namespace!r} has no current version")
+        if not (ns / "versions" / version / MANIFEST).is_file():
+            known = ", ".join(self.versions(ref)) or "none"
+            raise NotFoundError(f"{ref}: version {version!r} not found (published: {known})")
+        return ref.with_version(version)
+
+    def resolve(self, ref: ModelRef | str) -> Resolved:
+        """Pin a ref and read its manifest. Reads no weight file."""
+        pinned = self.pin(ref)
+        path = self.namespace_dir(pinned) / "versions" / pinned.version
+        return Resolved(pinned, path, self._read_manifest(path))
+
+    def manifest(self, ref: ModelRef | str) -> Manifest:
+        return self.resolve(ref).manifest
+
+    def adapter_path(self, ref: AdapterRef | str) -> Path:
+        """Directory of a published adapter version, ready for ``PeftModel.from_pretrained``."""
+        resolved = self.resolve(ref)
+        if resolved.manifest.kind != "adapter":
+            raise ModelStoreError(f"{resolved.ref} is a {resolved.manifest.kind}, not an adapter")
+        return resolved.path
+
+    def _read_manifest(self, version_dir: Path) -> Manifest:
+        path = version_dir / MANIFEST
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise ManifestError(f"{path} is missing") from exc
+        except ValidationError as exc:
+            raise ManifestError(f"{path} does not validate: {exc}") from exc
+
+    def namespaces(self) -> Iterator[ModelRef]:
+        """Every namespace that has a versions/ directory: the base first, then adapters sorted."""
+        if (self.root / BASE_NAMESPACE / "versions").is_dir():
+            yield BaseRef()
+        if not self.root.is_dir():
+            return
+        for agent_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if agent_dir.name == BASE_NAMESPACE or not (agent_dir / "adapters").is_dir():
+                continue
+            for ad in sorted((agent_dir / "adapters").iterdir()):
+                if (ad / "versions").is_dir():
+                    try:
+                        yield parse_ref(f"{agent_dir.name}/{ad.name}")
+                    except ModelStoreError:
+                        continue  # a stray directory that is not a legal ref is not ours
+
+    def list(self) -> list[dict[str, Any]]:
+        """One row per namespace: ref, current version, versions."""
+        return [
+            {"namespace": r.namespace, "kind": r.kind, "current": self.current_version(r), "versions": self.versions(r)}
+            for r in self.namespaces()
+        ]
+
+    # ---------------------------------------------------------------- publish
+    def publish_base(self, source_dir: str | os.PathLike, version: str, *, source: Source | None = None,
+                     metadata: ModelMetadata | None = None, force: bool = False, promote: bool = True,
+                     measure: Callable[[Path], dict[str, int]] | None = None,
+                     include: list[str] | None = None) -> Manifest:
+        """Publish a base model directory (config.json + safetensors + tokenizer) as ``base_models@version``.
+
+        Args:
+            source_dir: directory to copy from.
+            version: the version tag.
+            source: provenance; defaults to the local directory.
+            metadata: operator metadata (license, VRAM per variant, ...); see ``ModelMetadata``.
+            force: replace an existing version of the same tag.
+            promote: point ``current`` at the new version.
+            measure: optional callback ``(staged_dir) -> {variant: MiB}`` run on the staged copy; its
+                figures override ``metadata.approx_vram_mb`` (the embedded default is measured this way).
+            include: relative paths to publish (a source's selection); default every file.
+        """
+        meta = metadata or ModelMetadata()
+
+        def build(staged: Path, files: list[FileEntry]) -> Manifest:
+            validate.check_base_files([f.path for f in files])
+            vram = dict(meta.approx_vram_mb)
+            if measure is not None:
+                vram.update(measure(staged))
+            if not vram:
+                raise ManifestError("base metadata must give approx_vram_mb for at least one variant")
+            config = json.loads((staged / "config.json").read_text())
+            return Manifest(
+                kind="base", namespace=BASE_NAMESPACE, version=version,
+                model_id=meta.model_id or config.get("_name_or_path") or "unnamed",
+                architecture=meta.architecture or (config.get("architectures") or [None])[0],
+                source=source or Source(type="local", path=str(Path(source_dir).resolve())),
+                license=meta.license or "unknown", created_at=datetime.now(timezone.utc), files=files,
+                approx_vram_mb=vram,
+                quantized_variants=meta.quantized_variants or [v for v in vram if v.startswith("bnb-")],
+                peft_support=True if meta.peft_support is None else meta.peft_support,
+                variant_preference=meta.variant_preference, tokenizer=meta.tokenizer,
+                vram_notes=meta.vram_notes, notes=meta.notes,
+            )
+
+        return self._publish(BaseRef(validate_version(version)), Path(source_dir), build, force, promote, include)
+
+    def publish_adapter(self, agent: str, name: str, source_dir: str | os.PathLike, version: str, *,
+                        base_ref: str = "base_models@current", source: Source | None = None,
+                        license: str | None = None, training_summary: dict[str, Any] | None = None,
+                        notes: str | None = None, force: bool = False, promote: bool = True) -> Manifest:
+        """Publish a PEFT LoRA adapter as ``<agent>/<name>@<version>`` after validating it against its base."""
+        ref = parse_ref(f"{agent}/{name}@{version}")
+        base = self.resolve(base_ref)  # pinned: the manifest records the exact base version validated against
+        if base.manifest.kind != "base":
+            raise ModelStoreError(f"{base_ref} is not a base model")
+        if not base.manifest.peft_support:
+            raise ModelStoreError(f"{base.ref} does not allow PEFT adapters (peft_support=false)")
+
+        def build(staged: Path, files: list[FileEntry]) -> Manifest:
+            validate.check_adapter_files([f.path for f in files])
+            facts = validate.validate_adapter_against_base(staged, base.path)
+            weights = next(f for f in files if f.path == validate.ADAPTER_WEIGHTS)
+            # Adapter weights are stored at training precision; resident cost is its size in fp16 at most.
+            mb = max(1, -(-weights.size // (1024 * 1024)))
+            return Manifest(
+                kind="adapter", namespace=ref.namespace, version=ref.version,
+                model_id=f"{ref.agent}/{ref.name}", architecture="PeftModel",
+                source=source or Source(type="local", path=str(Path(source_dir).resolve())),
+                license=license or base.manifest.license, created_at=datetime.now(timezone.utc), files=files,
+                approx_vram_mb={"fp16": mb}, peft_support=False,
+                adapter=AdapterInfo(base_ref=str(base.ref), size_bytes=weights.size, **facts),
+                training_summary=training_summary, notes=notes,
+            )
+
+        return self._publish(ref, Path(source_dir), build, force, promote)
+
+    def _publish(self, ref: ModelRef, source_dir: Path, build: Callable[[Path, list[FileEntry]], Manifest],
+                 force: bool, promote: bool, include: list[str] | None = None) -> Manifest:
+        if not source_dir.is_dir():
+            raise ModelStoreError(f"source directory {str(source_dir)!r} does not exist")
+        wanted = None if include is None else set(include)
+        rel_files = [f for f in iter_files(source_dir)
+                     if f.as_posix() != MANIFEST and (wanted is None or f.as_posix() in wanted)]
+        refuse_pickles(rel_files)
+        ns = self.namespace_dir(ref)
+        final = ns / "versions" / ref.version
+        with self._lock():
+            self._clean_staging()
+            if final.exists() and not force:
+                raise VersionExistsError(f"{ref} already exists; pass force=True (--force) to replace it")
+            staged = self.root / ".staging" / f"{uuid.uuid4().hex}"
+            staged.mkdir(parents=True)
+            files = self._copy_tree(source_dir, rel_files, staged)
+            manifest = build(staged, files)
+            atomic_write_json(staged / MANIFEST, json.loads(manifest.model_dump_json()))
+            for d in sorted({(staged / f.path).parent for f in files}, key=lambda p: -len(p.parts)):
+                fsync_dir(d)
+            (ns / "versions").mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                # --force: move the old version aside first; rename cannot replace a non-empty directory.
+                if exchange_dirs(staged, final):
+                    shutil.rmtree(staged, ignore_errors=True)  # now holds the old version
+                else:
+                    trash = self.root / ".staging" / f"old-{uuid.uuid4().hex}"
+                    os.rename(final, trash)
+                    os.rename(staged, final)
+                    shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(staged, final)
+            fsync_dir(ns / "versions")
+            if promote:
+                self._set_current(ref, ref.version, action="publish")
+        return manifest
+
+    def _copy_tree(self, source_dir: Path, rel_files: list[Path], staged: Path) -> list[FileEntry]:
+        total = sum((source_dir / f).stat().st_size for f in rel_files)
+        bar = self._bar(total, "copy+sha256")
+        entries = []
+        try:
+            for rel in rel_files:
+                size, digest = copy_with_sha256(source_dir / rel, staged / rel, bar.update if bar else None)
+                entries.append(FileEntry(path=rel.as_posix(), size=size, sha256=digest))
+        finally:
+            if bar:
+                bar.close()
+        return entries
+
+    def _bar(self, total: int, desc: str):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
+
+    def _clean_staging(self) -> None:
+        """Remove what killed publishers left behind. Only called while holding the lock."""
+        staging = self.root / ".staging"
+        if staging.is_dir():
+            for leftover in staging.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    # ---------------------------------------------------------------- current / history
+    def _history(self, ns: Path) -> list[dict[str, Any]]:
+        try:
+            return json.loads((ns / HISTORY).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+
+    def _stack(self, ref: ModelRef) -> list[str]:
+        """Replay promote/rollback events into the stack of versions that have been current."""
+        stack: list[str] = []
+        for ev in self._history(self.namespace_dir(ref)):
+            if ev.get("action") == "rollback":
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(ev["version"])
+        current = self.current_version(ref)
+        if current and (not stack or stack[-1] != current):
+            stack.append(current)  # the pointer is the truth if a crash fell between flip and log
+        return stack
+
+    def _set_current(self, ref: ModelRef, version: str, action: str) -> None:
+        ns = self.namespace_dir(ref)
+        previous = self.current_version(ref)
+        atomic_symlink(ns / CURRENT, f"versions/{version}")
+        events = self._history(ns)
+        events.append({"action": action, "version": version, "previous": previous,
+                       "at": datetime.now(timezone.utc).isoformat()})
+        atomic_write_json(ns / HISTORY, events)
+
+    def promote(self, ref: ModelRef | str) -> ModelRef:
+        """Point ``current`` at the ref's (explicit) version."""
+        ref = parse_ref(ref)
+        if ref.version == CURRENT:
+            raise ModelStoreError(f"promote needs an explicit version, got {ref}")
+        with self._lock():
+            pinned = self.pin(ref)
+            self._read_manifest(self.namespace_dir(pinned) / "versions" / pinned.version)
+            self._set_current(pinned, pinned.version, action="promote")
+        return pinned
+
+    def rollback(self, ref: ModelRef | str) -> ModelRef:
+        """Point ``current`` back at the version that was current before the present one."""
+        ref = parse_ref(ref)
+        with self._lock():
+            stack = self._stack(ref)
+            existing = set(self.versions(ref))
+            while len(stack) >= 2 and stack[-2] not in existing:
+                del stack[-2]  # a garbage-collected version cannot be rolled back to
+            if len(stack) < 2:
+                raise ModelStoreError(f"{ref.namespace}: nothing to roll back to (history: {stack or 'empty'})")
+            target = stack[-2]
+            atomic_symlink(self.namespace_dir(ref) / CURRENT, f"versions/{target}")
+            ns = self.namespace_dir(ref)
+            events = self._history(ns)
+            events.append({"action": "rollback", "version": target, "previous": stack[-1],
+                           "at": datetime.now(timezone.utc).isoformat()})
+            atomic_write_json(ns / HISTORY, events)
+        return ref.with_version(target)
+
+    def gc(self, ref: ModelRef | str, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` versions; the current version is never deleted."""
+        if keep < 1:
+            raise ModelStoreError(f"keep ({keep}) must be >= 1")
+        ref = parse_ref(ref)
+        with self._lock():
+            versions = self.versions(ref)
+            current = self.current_version(ref)
+            keep_set = set(versions[-keep:]) | ({current} if current else set())
+            removed = [v for v in versions if v not in keep_set]
+            ns = self.namespace_dir(ref)
+            for v in removed:
+                trash = self.root / ".staging" / f"gc-{uuid.uuid4().hex}"
+                os.rename(ns / "versions" / v, trash)  # atomic disappearance, then slow delete
+                shutil.rmtree(trash, ignore_errors=True)
+            if removed:
+                fsync_dir(ns / "versions")
+        return removed
+
+    # ---------------------------------------------------------------- verification
+    def verify(self, ref: ModelRef | str, *, dry_run: bool | None = None) -> VerifyReport:
+        """Recompute every file's sha256 (dry run: only existence and size) and list extra files."""
+        dry = _env_flag("MODEL_STORE_DRY_RUN") if dry_run is None else dry_run
+        resolved = self.resolve(ref)
+        bad: dict[str, str] = {}
+        listed = {f.path for f in resolved.manifest.files}
+        bar = None if dry else self._bar(resolved.manifest.total_bytes, f"verify {resolved.ref}")
+        checked = 0
+        try:
+            for entry in resolved.manifest.files:
+                path = resolved.path / entry.path
+                if not path.is_file():
+                    bad[entry.path] = "missing"
+                    continue
+                size = path.stat().st_size
+                if size != entry.size:
+                    bad[entry.path] = f"size {size} != manifest {entry.size}"
+                    continue
+                if not dry:
+                    digest = sha256_file(path, bar.update if bar else None)
+                    checked += size
+                    if digest != entry.sha256:
+                        bad[entry.path] = f"sha256 {digest[:12]}... != manifest {entry.sha256[:12]}..."
+        finally:
+            if bar:
+                bar.close()
+        for rel in iter_files(resolved.path):
+            if rel.as_posix() not in listed and rel.as_posix() != MANIFEST:
+                bad[rel.as_posix()] = "not listed in the manifest"
+        return VerifyReport(resolved.ref, not bad, bad, checked)
+
+    def verify_or_raise(self, ref: ModelRef | str) -> Resolved:
+        report = self.verify(ref)
+        if not report.ok:
+            detail = "; ".join(f"{p}: {why}" for p, why in sorted(report.bad_files.items()))
+            raise ChecksumError(f"{report.ref} failed verification: {detail}", sorted(report.bad_files))
+        return self.resolve(report.ref)
+
+    def check(self, *, checksums: bool = True) -> list[str]:
+        """Store-wide health check for CI; returns a list of problems (empty when healthy)."""
+        from .health import check_store
+
+        return check_store(self, checksums=checksums)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,131 @@
+"""Structural checks on what is being published: a base has a config and safetensors weights; a PEFT
+adapter fits its base (every target module exists and is a linear layer, LoRA shapes match).
+
+The base architecture is instantiated on the ``meta`` device, so validating an adapter for Mistral-7B
+reads two JSON files and the adapter's safetensors header -- never the 14 GB of base weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterValidationError, ManifestError
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "check_base_files", "check_adapter_files",
+           "read_adapter_config", "validate_adapter_against_base"]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# PEFT tensor names: base_model.model.<module path>.lora_A.weight (adapter name stripped on save).
+_LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
+
+
+def check_base_files(rel_files: list[str]) -> None:
+    """A base needs config.json and at least one .safetensors file."""
+    if "config.json" not in rel_files:
+        raise ManifestError("a base model needs config.json at the top of its directory")
+    if not any(f.endswith(".safetensors") for f in rel_files):
+        raise ManifestError("a base model needs .safetensors weights")
+
+
+def check_adapter_files(rel_files: list[str]) -> None:
+    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if f not in rel_files]
+    if missing:
+        raise AdapterValidationError(f"adapter directory lacks {', '.join(missing)} (PEFT save_pretrained output)")
+
+
+def read_adapter_config(directory: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((directory / ADAPTER_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterValidationError(f"cannot read {ADAPTER_CONFIG}: {exc}") from exc
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterValidationError(f"peft_type {cfg.get('peft_type')!r} is not supported; only LORA adapters")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in cfg:
+            raise AdapterValidationError(f"{ADAPTER_CONFIG} lacks {key!r}")
+    return cfg
+
+
+def _linear_modules(base_dir: Path) -> dict[str, tuple[int, int]]:
+    """Map every nn.Linear module path of the base architecture to (in_features, out_features)."""
+    text = (Path(base_dir) / "config.json").read_text()
+    return dict(_linear_modules_cached(text))
+
+
+@lru_cache(maxsize=16)
+def _linear_modules_cached(config_text: str) -> tuple[tuple[str, tuple[int, int]], ...]:
+    # Keyed by the config's text: versions of one architecture share the (meta-device) walk.
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config_dict = json.loads(config_text)
+    config_dict.pop("quantization_config", None)  # shapes come from the plain architecture
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return tuple(
+        (name, (mod.in_features, mod.out_features))
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    )
+
+
+def _targets_match(target: str, module_name: str) -> bool:
+    return module_name == target or module_name.endswith("." + target)
+
+
+def validate_adapter_against_base(adapter_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Check a PEFT LoRA adapter against a base directory.
+
+    Returns:
+        The facts for the manifest: rank, alpha, target_modules.
+
+    Raises:
+        AdapterValidationError: naming the unknown module or the mismatched tensor and both shapes.
+    """
+    from safetensors import safe_open
+
+    cfg = read_adapter_config(adapter_dir)
+    linears = _linear_modules(base_dir)
+    targets = cfg["target_modules"]
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        if not any(pattern.fullmatch(n) for n in linears):
+            raise AdapterValidationError(f"target_modules regex {targets!r} matches no linear layer of the base")
+        target_list = [targets]
+    else:
+        target_list = sorted(targets)
+        unknown = [t for t in target_list if not any(_targets_match(t, n) for n in linears)]
+        if unknown:
+            raise AdapterValidationError(
+                f"target modules {unknown} do not exist in the base architecture "
+                f"(its linear layers end in {sorted({n.rsplit('.', 1)[-1] for n in linears})})"
+            )
+    rank = int(cfg["r"])
+    n_tensors = 0
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
+        for key in f.keys():
+            m = _LORA_KEY.match(key)
+            if not m:
+                continue  # modules_to_save and other extras are checked by PEFT at load time
+            module = m["module"]
+            if module not in linears:
+                raise AdapterValidationError(f"adapter tensor {key!r} targets {module!r}, which is not a linear layer of the base")
+            in_f, out_f = linears[module]
+            shape = tuple(f.get_slice(key).get_shape())
+            expected = (rank, in_f) if m["ab"] == "A" else (out_f, rank)
+            # rank_pattern can give a module its own rank: only the base-facing dimension must match.
+            base_dim_ok = shape[1] == in_f if m["ab"] == "A" else shape[0] == out_f
+            if len(shape) != 2 or not base_dim_ok:
+                raise AdapterValidationError(
+                    f"adapter tensor {key!r} has shape {list(shape)}, expected {list(expected)} for the base's {module!r}"
+                )
+            n_tensors += 1
+    if n_tensors == 0:
+        raise AdapterValidationError(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
+    return {"rank": rank, "alpha": float(cfg["lora_alpha"]), "target_modules": target_list}

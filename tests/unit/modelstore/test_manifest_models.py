@@ -1,0 +1,87 @@
+"""Every pydantic model of the store round-trips through JSON and rejects bad values."""
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from modelstore.manifest import AdapterInfo, FileEntry, Manifest, ModelMetadata, Source, TokenizerInfo
+
+SHA = "a" * 64
+FILE = {"path": "model.safetensors", "size": 10, "sha256": SHA}
+BASE = {
+    "kind": "base", "namespace": "base_models", "version": "v1", "model_id": "m", "source": {"type": "local"},
+    "license": "Apache-2.0", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat(), "files": [FILE],
+    "approx_vram_mb": {"fp16": 100, "bnb-int8": 60}, "quantized_variants": ["bnb-int8"], "peft_support": True,
+}
+ADAPTER_INFO = {"base_ref": "base_models@v1", "rank": 8, "alpha": 16, "target_modules": ["q_proj"], "size_bytes": 10}
+ADAPTER = {**BASE, "kind": "adapter", "namespace": "critic/mistral_critic_v1", "quantized_variants": [],
+           "approx_vram_mb": {"fp16": 1}, "peft_support": False, "adapter": ADAPTER_INFO}
+
+VALID = [
+    (FileEntry, FILE),
+    (Source, {"type": "huggingface", "repo_id": "org/m", "revision": "abc"}),
+    (TokenizerInfo, {"name": "t", "vocab_size": 10, "chat_template": True}),
+    (AdapterInfo, ADAPTER_INFO),
+    (ModelMetadata, {"license": "MIT", "approx_vram_mb": {"fp16": 5}}),
+    (Manifest, BASE),
+    (Manifest, ADAPTER),
+]
+
+INVALID = [
+    (FileEntry, {**FILE, "path": "../x"}),
+    (FileEntry, {**FILE, "path": "/abs"}),
+    (FileEntry, {**FILE, "path": "manifest.json"}),
+    (FileEntry, {**FILE, "size": -1}),
+    (FileEntry, {**FILE, "sha256": "xyz"}),
+    (Source, {"type": "huggingface", "repo_id": "org/m"}),
+    (Source, {"type": "ftp"}),
+    (TokenizerInfo, {"name": "t", "vocab_size": 0, "chat_template": True}),
+    (AdapterInfo, {**ADAPTER_INFO, "rank": 0}),
+    (AdapterInfo, {**ADAPTER_INFO, "target_modules": []}),
+    (ModelMetadata, {"approx_vram_mb": {"fp8": 5}}),
+    (ModelMetadata, {"unknown_field": 1}),
+    (Manifest, {**BASE, "approx_vram_mb": {"fp16": 0}}),
+    (Manifest, {**BASE, "approx_vram_mb": {"fp16": 10_000_000}}),
+    (Manifest, {**BASE, "approx_vram_mb": {}}),
+    (Manifest, {**BASE, "quantized_variants": ["bnb-4bit"]}),
+    (Manifest, {**BASE, "variant_preference": ["fp32"]}),
+    (Manifest, {**BASE, "approx_vram_mb": {"fp16": 1}, "quantized_variants": ["fp16"]}),
+    (Manifest, {**BASE, "adapter": ADAPTER_INFO}),
+    (Manifest, {**ADAPTER, "adapter": None}),
+    (Manifest, {**BASE, "namespace": "critic/x"}),
+    (Manifest, {**BASE, "files": []}),
+    (Manifest, {**BASE, "files": [FILE, FILE]}),
+    (Manifest, {**BASE, "version": "../v1"}),
+    (Manifest, {**BASE, "schema_version": 2}),
+]
+
+
+@pytest.mark.parametrize("cls, data", VALID, ids=lambda v: getattr(v, "__name__", None))
+def test_round_trip(cls: type[BaseModel], data):
+    obj = cls.model_validate(data)
+    again = cls.model_validate_json(obj.model_dump_json())
+    assert again == obj
+    assert cls.model_validate(json.loads(json.dumps(obj.model_dump(mode="json")))) == obj
+
+
+@pytest.mark.parametrize("cls, data", INVALID, ids=lambda v: getattr(v, "__name__", None))
+def test_rejects_bad_values(cls, data):
+    with pytest.raises(ValidationError):
+        cls.model_validate(data)
+
+
+def test_error_message_names_value_and_limit():
+    with pytest.raises(ValidationError) as exc:
+        Manifest.model_validate({**BASE, "approx_vram_mb": {"fp16": 0}})
+    assert "approx_vram_mb['fp16'] (0)" in str(exc.value) and "[1, 2000000]" in str(exc.value)
+
+
+def test_shipped_mistral_metadata_validates():
+    from importlib.resources import files
+
+    text = files("modelstore").joinpath("metadata/mistral-7b-instruct-v0.3.json").read_text()
+    meta = ModelMetadata.model_validate_json(text)
+    assert meta.license == "Apache-2.0"
+    assert meta.approx_vram_mb["bnb-4bit"] < meta.approx_vram_mb["bnb-int8"] < meta.approx_vram_mb["fp16"]
