@@ -1,0 +1,38 @@
+"""Configuration of one inference engine (one base model, its resident adapters)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["EngineConfig"]
+
+
+class EngineConfig(BaseModel):
+    """Limits of one :class:`~deployments.engine.InferenceEngine`.
+
+    Every limit is checked before any compute, so a request that breaks one costs nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(32, ge=1, description="Most requests (rows) one generate() call may hold.")
+    max_prompt_tokens: int = Field(2048, ge=1, description="Most prompt tokens per request, after tokenization.")
+    max_new_tokens_limit: int = Field(512, ge=1, description="Largest max_new_tokens a single request may ask for.")
+    max_loaded_adapters: int = Field(
+        16,
+        ge=0,
+        description="Most adapters resident in the base at once; the caller evicts (LRU), the engine refuses beyond.",
+    )
+    grammar_cache_size: int = Field(
+        64, ge=1, description="Compiled JSON-schema grammars kept, keyed by the schema's JSON text."
+    )
+    lora_kernel: Literal["gathered", "peft"] = Field(
+        "gathered",
+        description=(
+            "How rows with different adapters share a forward: 'gathered' stacks the batch's adapters and "
+            "applies them with one bmm per layer (plain LoRA only, measured faster); 'peft' uses PEFT's "
+            "adapter_names mixed batch (any PEFT LoRA, DoRA included)."
+        ),
+    )

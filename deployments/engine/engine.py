@@ -1,0 +1,204 @@
+"""The inference engine: one base model, resident LoRA adapters, one batched decode loop per call.
+
+Every row of a ``generate`` call may name a different adapter (or none) and has its own sampling
+parameters, stop strings and optional JSON schema; all rows share one forward pass per step, each row
+adding its own adapter's LoRA delta (``lora_batch.py``, or PEFT's ``adapter_names`` with lora_kernel="peft"). The loop is our own rather than ``model.generate`` because HF's
+generate applies one sampling config and one stopping rule to the whole batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .adapters import BASE_SLOT, AdapterRegistry
+from .config import EngineConfig
+from .constraints import GrammarCache
+from .decode import DecodeRow, run_decode
+from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
+from .params import GenerationRequest, GenerationResult
+
+__all__ = ["InferenceEngine"]
+
+
+class InferenceEngine:
+    """Batched generation over one base model and its resident LoRA adapters. Thread-safe.
+
+    Args:
+        model: a loaded Hugging Face causal LM (fp32/fp16/bf16 or bitsandbytes int8/nf4); never copied.
+        tokenizer: its tokenizer.
+        config: limits; defaults to ``EngineConfig()``.
+        device: where input tensors go; defaults to the device of the model's first parameter.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *, device: str | None = None):
+        self.config = config or EngineConfig()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        model.eval()
+        self._model_config = model.config
+        max_pos = getattr(model.config, "max_position_embeddings", None)
+        needed = self.config.max_prompt_tokens + self.config.max_new_tokens_limit
+        if max_pos is not None and needed > max_pos:
+            raise ValueError(
+                f"max_prompt_tokens + max_new_tokens_limit ({needed}) must be <= the model's "
+                f"max_position_embeddings ({max_pos})"
+            )
+        self._vocab_size = model.get_output_embeddings().weight.shape[0]
+        self._base_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        # One forward at a time: PEFT routes rows to adapters through hooks it installs per call.
+        self._model_lock = threading.RLock()
+        self._adapters = AdapterRegistry(
+            model, self.config.max_loaded_adapters, self._model_lock, self.config.lora_kernel
+        )
+        self._grammars: GrammarCache | None = None
+        self._grammar_lock = threading.Lock()
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._eos_ids = _eos_ids(model, tokenizer)
+        self._counters = {"generate_calls": 0, "rows": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._counter_lock = threading.Lock()
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT LoRA adapter directory (safetensors only) under ``name``. Idempotent.
+
+        Raises:
+            AdapterLoadError: bad directory, pickle weights, or weights that do not fit the base.
+            TooManyAdapters: ``max_loaded_adapters`` are already resident.
+        """
+        self._adapters.load(name, Path(path))
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload ``name``; deferred until running batches that use it end. New requests see it gone at once.
+
+        Raises:
+            AdapterNotLoaded: ``name`` is not loaded.
+        """
+        self._adapters.unload(name)
+
+    def loaded_adapters(self) -> list[str]:
+        """Names requests may use, sorted."""
+        return self._adapters.names()
+
+    def is_loaded(self, name: str) -> bool:
+        """True when requests may name ``name``."""
+        return self._adapters.is_loaded(name)
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def generate(
+        self, requests: list[GenerationRequest], *, on_step: Callable[[int], None] | None = None
+    ) -> list[GenerationResult]:
+        """Generate a completion for every request in one batched decode loop.
+
+        Args:
+            requests: rows of the batch; each may use a different adapter, sampling, stops and schema.
+            on_step: called after every decode step with the step index (0 = after prefill), outside the
+                model lock; for metrics and tests.
+
+        Returns:
+            One result per request, in order.
+
+        Raises:
+            BatchTooLarge, RequestTooLarge, InvalidRequest, InvalidSchema, AdapterNotLoaded: before any compute.
+        """
+        if not requests:
+            return []
+        rows = self._prepare(requests)
+        names = {r.adapter for r in requests if r.adapter is not None}
+        slots = self._adapters.acquire(names)
+        try:
+            adapter_names = [slots[r.adapter] if r.adapter is not None else BASE_SLOT for r in requests]
+            run_decode(
+                self._adapters,
+                self._model_lock,
+                rows,
+                adapter_names,
+                pad_id=self._pad_id,
+                eos_ids=self._eos_ids,
+                vocab_size=self._vocab_size,
+                device=self.device,
+                banned_ids=self._grammars.banned_ids if self._grammars is not None else None,
+                on_step=on_step,
+            )
+        finally:
+            self._adapters.release(names)
+        results = [row.result(self.tokenizer, req) for row, req in zip(rows, requests)]
+        with self._counter_lock:
+            self._counters["generate_calls"] += 1
+            self._counters["rows"] += len(results)
+            self._counters["prompt_tokens"] += sum(r.prompt_tokens for r in results)
+            self._counters["completion_tokens"] += sum(r.completion_tokens for r in results)
+        return results
+
+    def _prepare(self, requests: list[GenerationRequest]) -> list[DecodeRow]:
+        cfg = self.config
+        if len(requests) > cfg.max_batch_size:
+            raise BatchTooLarge(f"batch of {len(requests)} requests exceeds max_batch_size ({cfg.max_batch_size})")
+        for i, req in enumerate(requests):
+            if req.params.max_new_tokens > cfg.max_new_tokens_limit:
+                raise RequestTooLarge(
+                    f"request {i}: max_new_tokens ({req.params.max_new_tokens}) exceeds "
+                    f"max_new_tokens_limit ({cfg.max_new_tokens_limit})"
+                )
+        # The templated prompt carries its own BOS; adding special tokens again would double it.
+        encoded = self.tokenizer([r.prompt for r in requests], add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(encoded):
+            if len(ids) > cfg.max_prompt_tokens:
+                raise RequestTooLarge(
+                    f"request {i}: prompt has {len(ids)} tokens, max_prompt_tokens is {cfg.max_prompt_tokens}"
+                )
+            if not ids:
+                raise InvalidRequest(f"request {i}: prompt is empty after tokenization")
+        unknown = sorted({r.adapter for r in requests if r.adapter is not None} - set(self.loaded_adapters()))
+        if unknown:
+            # Checked again atomically by acquire(); this early check keeps grammar compiles off doomed batches.
+            raise AdapterNotLoaded(f"adapter(s) {unknown} not loaded; loaded: {self.loaded_adapters()}")
+        grammars = [self._grammar_cache().get(r.json_schema) if r.json_schema is not None else None for r in requests]
+        return [DecodeRow(ids, req.params, grammar, self.tokenizer) for ids, req, grammar in zip(encoded, requests, grammars)]
+
+    def _grammar_cache(self) -> GrammarCache:
+        # Built on first use: TokenizerInfo scans the whole vocabulary, wasted on engines that never constrain.
+        with self._grammar_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCache(self.tokenizer, self._vocab_size, self.config.grammar_cache_size)
+            return self._grammars
+
+    # -- introspection ----------------------------------------------------------------------------
+
+    def memory_footprint(self) -> dict:
+        """Bytes of the base's parameters and buffers, and of each resident adapter's parameters."""
+        adapters = self._adapters.bytes_by_adapter()
+        return {"base_bytes": self._base_bytes, "adapters": adapters, "adapters_total_bytes": sum(adapters.values())}
+
+    def stats(self) -> dict:
+        """Counters and residency: adapters, pending unloads, memory, tokens served, grammars compiled."""
+        mem = self.memory_footprint()
+        with self._counter_lock:
+            counters = dict(self._counters)
+        return {
+            "resident_adapters": len(mem["adapters"]),
+            "loaded_adapters": self.loaded_adapters(),
+            "pending_unloads": self._adapters.pending_unloads(),
+            "adapter_loads": self._adapters.loads,
+            "lora_kernel": self.config.lora_kernel,
+            "adapter_unloads": self._adapters.unloads,
+            "model_memory_bytes": mem["base_bytes"],
+            "adapter_memory_bytes": mem["adapters_total_bytes"],
+            "grammars_compiled": self._grammars.compiles if self._grammars is not None else 0,
+            **counters,
+        }
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = set()
+    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(x) for x in source)
+    return ids

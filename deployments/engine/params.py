@@ -1,0 +1,67 @@
+"""Request and result types of the engine: what a caller sends per row and what it gets back."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["SamplingParams", "GenerationRequest", "GenerationResult", "FinishReason"]
+
+FinishReason = Literal["stop", "length"]
+
+MAX_STOP_STRINGS = 8
+
+
+class SamplingParams(BaseModel):
+    """How one row picks its next token and when it stops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.0, ge=0.0, le=100.0, description="Softmax temperature; 0 means greedy (argmax).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set of tokens with this mass.")
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens to generate; the engine caps it at max_new_tokens_limit.")
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_STRINGS,
+        description="Strings that end generation; the first match and everything after it is trimmed.",
+    )
+    seed: int | None = Field(None, description="Seeds this row's own random generator; None draws a fresh seed.")
+    ignore_eos: bool = Field(
+        False, description="Keep generating past EOS until max_new_tokens (fixed output lengths for benchmarks)."
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+        # An empty stop string would match at position 0 and end every row before its first token.
+        if any(s == "" for s in value):
+            raise ValueError("stop strings must be non-empty")
+        return value
+
+
+class GenerationRequest(BaseModel):
+    """One row of a batch: an already chat-templated prompt, the adapter to use and how to sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., description="Prompt text, chat template already applied (it carries its own BOS).")
+    adapter: str | None = Field(None, description="Name of a loaded adapter; None runs the bare base.")
+    params: SamplingParams = Field(default_factory=SamplingParams, description="Sampling and stopping.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="JSON schema the completion must match (compact JSON); stop strings are ignored then."
+    )
+    request_id: str | None = Field(None, description="Caller's id, echoed in logs only.")
+
+
+class GenerationResult(BaseModel):
+    """What one row produced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., description="Completion text, stop string (if any) trimmed, no special tokens.")
+    prompt_tokens: int = Field(..., ge=0, description="Tokens in the prompt.")
+    completion_tokens: int = Field(..., ge=0, description="Tokens generated, the EOS / grammar stop token included.")
+    finish_reason: FinishReason = Field(..., description="'stop': EOS, stop string or grammar done; 'length': hit max_new_tokens.")
+    adapter: str | None = Field(None, description="Adapter that produced it, None for the bare base.")
+    request_id: str | None = Field(None, description="Echo of the request's id.")
