@@ -18,7 +18,8 @@ from .manifest import VARIANTS, ModelMetadata, Source, TokenizerInfo
 from .refs import parse_ref
 from .store import ModelStore
 
-__all__ = ["BASE_VERSION", "ADAPTER_VERSION", "TEXT_AGENTS", "adapter_ref", "measure_variants", "seed_default_store"]
+__all__ = ["BASE_VERSION", "ADAPTER_VERSION", "TEXT_AGENTS", "adapter_ref", "measure_variants", "seed_default_store",
+           "write_random_adapter"]
 
 BASE_VERSION = "v1-tiny-mistral"
 ADAPTER_VERSION = "seed-1"
@@ -58,7 +59,8 @@ def _exists(store: ModelStore, ref: str) -> bool:
         return False
 
 
-def _write_random_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8) -> None:
+def write_random_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8) -> None:
+    """Save a seeded, randomly initialised (non-zero B) PEFT LoRA adapter for the base in ``base_dir``."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -105,7 +107,7 @@ def seed_default_store(store: ModelStore, *, adapters: bool = True, agents=TEXT_
                 continue
             log(f"publishing seeded random LoRA adapter {ref}")
             out = tmp_path / f"adapter-{agent}"
-            _write_random_adapter(base_path, out, seed=1000 + i)
+            write_random_adapter(base_path, out, seed=1000 + i)
             parsed = parse_ref(ref)
             store.publish_adapter(
                 parsed.agent, parsed.name, out, parsed.version, base_ref=base_ref,

@@ -1,0 +1,245 @@
+"""Adapters as Serve multiplexed "models": a handle per model id, a pool that loads and unloads them.
+
+Serve's multiplexer (``ray/serve/multiplex.py``, ``_ModelMultiplexWrapper``) caches whatever the
+``@serve.multiplexed`` method returns per model id in an LRU ``OrderedDict``. On eviction (and on
+replica shutdown) it pops the least recently used entry and, if the object has a ``__del__``
+attribute, awaits it when it is a coroutine function (else runs it in a thread pool), then replaces it
+with a no-op. :class:`AdapterHandle` is that cached object. Its ``__del__`` is bound per instance to
+the async :meth:`AdapterHandle.release`, never defined on the class, so only the multiplexer triggers
+it, on the event loop; the garbage collector never sees a class-level finaliser to call at a random
+time and thread.
+
+The pool counts, per engine adapter, the live handles (several model ids may pin to one version:
+``x/y``, ``x/y@current`` and ``x/y@v3``) and the requests that are queued or running with it. The
+engine unload happens when both reach zero, so an eviction never pulls an adapter from under a request
+already waiting in the replica's batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from modelstore.refs import AdapterRef, BaseRef, ModelRef, parse_ref
+
+from deployments.engine import AdapterLoader
+from deployments.errors import (
+    AdapterLoadFailedError,
+    AdapterNotFoundError,
+    InvalidRequestError,
+    OverloadedError,
+    to_serve_error,
+)
+from deployments.metrics import INVALID_TAG, LLMMetrics
+
+__all__ = ["AdapterHandle", "AdapterPool"]
+
+log = logging.getLogger(__name__)
+
+
+class AdapterHandle:
+    """One multiplexed model id, resolved: the pinned ref and the engine adapter name.
+
+    Attributes:
+        model_id: the id exactly as the caller sent it.
+        ref: the pinned ref (``@current`` replaced by the version it pointed at when loaded).
+        name: the engine adapter name (the pinned ref as a string), or None for the bare base.
+    """
+
+    def __init__(self, model_id: str, ref: ModelRef, pool: "AdapterPool | None"):
+        self.model_id = model_id
+        self.ref = ref
+        self.name: str | None = str(ref) if isinstance(ref, AdapterRef) else None
+        self.released = False
+        self._pool = pool
+        # The multiplexer's eviction hook; see the module docstring for why it is per instance.
+        self.__del__ = self.release
+
+    async def release(self) -> None:
+        """Drop this handle's hold on its adapter (idempotent); the last hold unloads it."""
+        if self.released:
+            return
+        self.released = True
+        if self._pool is not None and self.name is not None:
+            await self._pool._drop_holder(self)
+
+    def __repr__(self) -> str:
+        return f"AdapterHandle({self.model_id!r} -> {self.name or 'base'}, released={self.released})"
+
+
+@dataclass
+class _Slot:
+    holders: int = 0
+    in_use: int = 0
+
+
+class AdapterPool:
+    """Resolves model ids against the store and keeps the engine's resident adapters ref-counted.
+
+    Args:
+        store: the :class:`~modelstore.ModelStore`.
+        engine: the :class:`~deployments.engine.InferenceEngine` holding the base.
+        base_ref: the pinned ref of the loaded base; adapters validated against another base are refused.
+        metrics: where loads, failures and evictions are counted.
+        verify: recompute an adapter's checksums before loading it.
+        capacity_timeout_s: how long a load waits for a deferred unload to free engine capacity.
+    """
+
+    def __init__(self, store: Any, engine: Any, base_ref: BaseRef, metrics: LLMMetrics, *, verify: bool = True,
+                 capacity_timeout_s: float = 60.0):
+        self._store = store
+        self._engine = engine
+        self._base_ref = base_ref
+        self._metrics = metrics
+        self._verify = verify
+        self._capacity_timeout_s = capacity_timeout_s
+        self._loader = AdapterLoader(engine)
+        self._slots: dict[str, _Slot] = {}
+        self._unloading: dict[str, asyncio.Task] = {}
+        self._freed = asyncio.Condition()
+        self.loads: Counter[str] = Counter()  # successful acquires per model id (what Serve calls a load)
+        self.evictions: Counter[str] = Counter()
+
+    @property
+    def engine_loads(self) -> dict[str, int]:
+        """Engine loads started per adapter name (a reload after eviction counts again)."""
+        return dict(self._loader.load_counts)
+
+    def resident(self) -> list[str]:
+        """Engine adapter names this pool holds (handles or in-flight requests), sorted."""
+        return sorted(self._slots)
+
+    async def acquire(self, model_id: str) -> AdapterHandle:
+        """Resolve ``model_id``, load its adapter if needed and return a handle holding it.
+
+        Raises:
+            InvalidRequestError: the id is not a valid ref.
+            AdapterNotFoundError: the store has no such adapter/version, or the id names another base.
+            AdapterLoadFailedError: verification or the engine load failed.
+            OverloadedError: no engine capacity freed up within ``capacity_timeout_s``.
+        """
+        started = time.monotonic()
+        tag = INVALID_TAG
+        try:
+            ref = parse_ref(model_id)
+            tag = str(ref)
+            handle = await self._acquire(model_id, ref)
+        except Exception as exc:
+            error = self._public_error(exc)
+            reason = {InvalidRequestError: "invalid_ref", AdapterNotFoundError: "not_found"}.get(
+                type(error), "load_error"
+            )
+            self._metrics.adapter_load_failed(tag, reason)
+            if error is exc:
+                raise
+            raise error from exc
+        self.loads[model_id] += 1
+        if handle.name is not None:
+            self._metrics.adapter_loaded(handle.name, time.monotonic() - started)
+            self._metrics.set_resident(len(self._slots))
+        return handle
+
+    def _public_error(self, exc: Exception) -> Exception:
+        # Callers see store errors verbatim, minus where the store lives on this machine.
+        error = to_serve_error(exc)
+        root = str(getattr(self._store, "root", "")) or None
+        message = str(error)
+        if root and root in message:
+            message = message.replace(f"the store at {root} ", "the store ").replace(root, "<store>")
+            return type(error)(message)
+        return error
+
+    async def _acquire(self, model_id: str, ref: ModelRef) -> AdapterHandle:
+        resolved = await asyncio.to_thread(self._store.resolve, ref)
+        pinned = resolved.ref
+        if isinstance(pinned, BaseRef):
+            if pinned != self._base_ref:
+                raise AdapterNotFoundError(
+                    f"model id {model_id!r} resolves to {pinned}; this deployment serves {self._base_ref}"
+                )
+            return AdapterHandle(model_id, pinned, None)
+        name = str(pinned)
+        slot = self._slots.get(name)
+        if slot is None:
+            await self._load(name, pinned, resolved)
+            slot = self._slots.setdefault(name, _Slot())
+        slot.holders += 1
+        return AdapterHandle(model_id, pinned, self)
+
+    async def _load(self, name: str, pinned: AdapterRef, resolved: Any) -> None:
+        adapter_info = resolved.manifest.adapter
+        if adapter_info is not None and adapter_info.base_ref != str(self._base_ref):
+            raise AdapterLoadFailedError(
+                f"adapter {name} was validated against {adapter_info.base_ref}; this deployment serves "
+                f"{self._base_ref}"
+            )
+        report = await asyncio.to_thread(self._store.verify, pinned, dry_run=not self._verify)
+        if not report.ok:
+            detail = "; ".join(f"{path}: {why}" for path, why in sorted(report.bad_files.items()))
+            raise AdapterLoadFailedError(f"adapter {name} failed verification: {detail}")
+        pending_unload = self._unloading.get(name)
+        if pending_unload is not None:  # let it finish, or the load would see a stale "already loaded"
+            await asyncio.wait([pending_unload])
+        await self._wait_for_capacity(name)
+        await self._loader.ensure_loaded(name, resolved.path)
+
+    async def _wait_for_capacity(self, name: str) -> None:
+        limit = self._engine.config.max_loaded_adapters
+
+        def has_room() -> bool:
+            # Unloads still running hold engine capacity until their thread finishes.
+            return len(self._slots) + len(self._unloading) < limit or name in self._slots
+
+        async with self._freed:
+            try:
+                await asyncio.wait_for(self._freed.wait_for(has_room), self._capacity_timeout_s)
+            except asyncio.TimeoutError:
+                raise OverloadedError(
+                    f"cannot load adapter {name}: {len(self._slots)} adapters resident or in use, "
+                    f"engine max_loaded_adapters is {limit}"
+                ) from None
+
+    def begin_use(self, handle: AdapterHandle | None) -> None:
+        """Count a request that will run with ``handle``'s adapter (call before it is queued)."""
+        if handle is None or handle.name is None:
+            return
+        slot = self._slots.get(handle.name)
+        if slot is None:
+            raise OverloadedError(f"adapter {handle.name} was unloaded before the request could use it; retry")
+        slot.in_use += 1
+
+    async def end_use(self, handle: AdapterHandle | None) -> None:
+        """Undo :meth:`begin_use`; performs an unload that waited for this request."""
+        if handle is None or handle.name is None:
+            return
+        slot = self._slots[handle.name]
+        slot.in_use -= 1
+        await self._maybe_unload(handle.name, slot)
+
+    async def _drop_holder(self, handle: AdapterHandle) -> None:
+        slot = self._slots[handle.name]
+        slot.holders -= 1
+        self.evictions[handle.model_id] += 1
+        self._metrics.adapter_evicted(handle.name)
+        await self._maybe_unload(handle.name, slot)
+
+    async def _maybe_unload(self, name: str, slot: _Slot) -> None:
+        if slot.holders > 0 or slot.in_use > 0 or self._slots.get(name) is not slot:
+            return
+        del self._slots[name]
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._engine.unload_adapter, name))
+        self._unloading[name] = task
+        try:
+            await asyncio.shield(task)
+        except Exception as exc:  # e.g. already gone; nothing left to free, but say so
+            log.warning("unloading adapter %s failed: %s", name, exc)
+        finally:
+            if self._unloading.get(name) is task:
+                del self._unloading[name]
+        self._metrics.set_resident(len(self._slots))
+        async with self._freed:
+            self._freed.notify_all()

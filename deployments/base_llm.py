@@ -1,0 +1,182 @@
+"""The BaseLLM Serve deployment: thin wiring around :class:`~deployments.server.BaseLLMServer`.
+
+Adapters are Serve multiplexed models: a caller picks one with
+``handle.options(multiplexed_model_id="<agent>/<adapter>@<version>")`` or the HTTP header
+``serve_multiplexed_model_id``; no id, ``""`` or ``"base"`` means the bare base. Serve routes a model
+id to replicas that already hold it, and each replica's multiplexing LRU (size from the runtime config)
+evicts and unloads the least recently used adapter.
+
+Batching is the replica's own (:mod:`deployments.batcher`), not ``@serve.batch``: Ray 2.60 splits a
+``@serve.batch`` batch into one sub-batch per multiplexed model id, which would keep every adapter in
+its own forward pass. The model id is read with ``serve.get_multiplexed_model_id()`` and resolved to an
+adapter handle before the request enters the batcher, so the batcher never needs the request context.
+
+``build_base_llm(settings)`` applies ``serve.deployment`` and ``serve.multiplexed`` in one place;
+``app_builder(args)`` is the import path for ``serve run`` and ``serve_config.yaml``::
+
+    serve run deployments.base_llm:app_builder store_root=/srv/model_store runtime.max_batch_size=16
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from deployments.adapters import AdapterHandle
+from deployments.errors import InternalError, InvalidRequestError, ServeError, error_body
+from deployments.protocol import BASE_MODEL_IDS
+from deployments.server import BaseLLMServer
+from deployments.settings import BaseLLMSettings, RuntimeConfig, unflatten_args
+
+__all__ = ["BaseLLMDeployment", "build_base_llm", "app_builder"]
+
+log = logging.getLogger(__name__)
+
+# Where @serve.multiplexed caches its LRU wrapper on the instance (ray/serve/api.py, `multiplexed`).
+_MUX_ATTR = "__serve_multiplex_wrapper"
+
+
+class BaseLLMDeployment:
+    """The Serve-facing class; :func:`build_base_llm` subclasses it with a multiplexed ``get_model``.
+
+    Args:
+        settings: :class:`~deployments.settings.BaseLLMSettings` as a JSON-ready dict.
+    """
+
+    def __init__(self, settings: dict[str, Any]):
+        self._settings = BaseLLMSettings.model_validate(settings)
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        self._server = BaseLLMServer(self._settings, replica_id=replica_id)
+        self._mux_limit = self._settings.runtime.max_num_models_per_replica
+
+    async def get_model(self, model_id: str) -> AdapterHandle:
+        """Load the adapter ``model_id`` names (the builder wraps this in ``serve.multiplexed``)."""
+        return await self._server.acquire_adapter(model_id)
+
+    async def _adapter_for_request(self) -> tuple[str, AdapterHandle | None]:
+        model_id = serve.get_multiplexed_model_id()
+        if model_id in BASE_MODEL_IDS:
+            return model_id, None
+        handle = await self.get_model(model_id)
+        # No await between here and BaseLLMServer.generate counting the request as a user of the handle,
+        # so no eviction can slip in between; a limit change is applied in a task that runs after that.
+        wrapper = getattr(self, _MUX_ATTR, None)
+        if wrapper is not None and wrapper.max_num_models_per_replica != self._mux_limit:
+            asyncio.get_running_loop().create_task(self._apply_mux_limit())
+        return model_id, handle
+
+    async def generate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Handle entry point: ``handle.options(multiplexed_model_id=...).generate.remote(body)``.
+
+        Returns:
+            A :class:`~deployments.protocol.GenerateResponse` as a dict.
+
+        Raises:
+            ServeError: a subclass with the HTTP status the ingress should answer with.
+        """
+        model_id, handle = await self._adapter_for_request()
+        response = await self._server.generate(body, handle, model_id)
+        return response.model_dump()
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """Minimal HTTP path: POST a GenerateRequest JSON body, adapter in ``serve_multiplexed_model_id``."""
+        try:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
+            if not isinstance(body, dict):
+                raise InvalidRequestError(f"request body must be a JSON object, got {type(body).__name__}")
+            return JSONResponse(await self.generate(body))
+        except ServeError as exc:
+            return JSONResponse(error_body(exc), status_code=exc.status_code)
+        except Exception as exc:  # a bug of ours: still a JSON body, never a bare 500
+            log.exception("unexpected error serving an HTTP request")
+            error = InternalError(f"{type(exc).__name__}: {exc}")
+            return JSONResponse(error_body(error), status_code=error.status_code)
+
+    async def stats(self) -> dict[str, Any]:
+        """Replica statistics plus the multiplexer's view (cached model ids, LRU order, limit)."""
+        wrapper = getattr(self, _MUX_ATTR, None)
+        return {
+            **self._server.stats(),
+            "multiplexed_model_ids": list(wrapper.models) if wrapper is not None else [],
+            "max_num_models_per_replica": self._mux_limit,
+        }
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check; raising marks the replica unhealthy and replaces it."""
+        self._server.check_health()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a :class:`~deployments.settings.RuntimeConfig` (Serve ``user_config``) without a restart."""
+        runtime = self._server.reconfigure(RuntimeConfig.model_validate(user_config))
+        self._mux_limit = runtime.max_num_models_per_replica
+        await self._apply_mux_limit()
+
+    async def _apply_mux_limit(self) -> None:
+        # Ray exposes no API to resize the multiplexing LRU, so set the limit on its wrapper and evict
+        # down to it under the wrapper's own lock (the same steps its load path takes when full).
+        wrapper = getattr(self, _MUX_ATTR, None)
+        if wrapper is None:  # created by the first get_model call, which then applies the limit
+            return
+        wrapper.max_num_models_per_replica = self._mux_limit
+        async with wrapper._model_cache_lock:
+            while len(wrapper.models) > self._mux_limit:
+                await wrapper.unload_model_lru()
+
+    async def __del__(self) -> None:
+        """Graceful shutdown: Serve awaits this, then its multiplexer unloads every cached adapter."""
+        await self._server.shutdown()
+
+
+def _multiplexed_class(max_num_models_per_replica: int) -> type:
+    """Subclass :class:`BaseLLMDeployment` with ``get_model`` wrapped by ``serve.multiplexed``.
+
+    The decorator takes its limit when applied, so the class is made per build; Ray finds the
+    multiplexed method on the class statically and routes by model id.
+    """
+
+    async def get_model(self, model_id: str) -> AdapterHandle:
+        return await self._server.acquire_adapter(model_id)
+
+    get_model.__doc__ = BaseLLMDeployment.get_model.__doc__
+    multiplexed = serve.multiplexed(max_num_models_per_replica=max_num_models_per_replica)(get_model)
+    return type("BaseLLM", (BaseLLMDeployment,), {"get_model": multiplexed, "__module__": __name__})
+
+
+def build_base_llm(settings: BaseLLMSettings | dict[str, Any]) -> Application:
+    """Build the BaseLLM application from its settings (the one place Serve options are set).
+
+    Args:
+        settings: :class:`~deployments.settings.BaseLLMSettings` or a dict of its fields.
+
+    Returns:
+        The bound application, for ``serve.run`` or as a node of a larger application.
+    """
+    if not isinstance(settings, BaseLLMSettings):
+        settings = BaseLLMSettings.model_validate(settings)
+    cls = _multiplexed_class(settings.runtime.max_num_models_per_replica)
+    deployment = serve.deployment(
+        cls,
+        name=settings.deployment_name,
+        num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options=settings.ray_actor_options,
+        user_config=settings.runtime.model_dump(),
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        health_check_period_s=settings.health_check_period_s,
+    )
+    return deployment.bind(settings.model_dump(mode="json"))
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Application builder for ``serve run`` / ``serve_config.yaml``: flat or dotted args to settings."""
+    return build_base_llm(BaseLLMSettings.model_validate(unflatten_args(dict(args))))

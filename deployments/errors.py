@@ -1,0 +1,122 @@
+"""Domain errors of the Serve layer, each carrying the HTTP status the ingress should answer with.
+
+A replica raises these (never a bare engine or store error) so a caller behind a
+``DeploymentHandle`` can tell its own mistakes from ours: Ray re-raises a replica's exception in the
+caller as a ``RayTaskError`` that is also an instance of the original class, so
+``except AdapterNotFoundError`` works across the handle. Every constructor takes one message string,
+which keeps the exceptions picklable.
+
+:func:`to_serve_error` converts ModelStore and engine errors at the edge of the replica;
+:func:`error_body` is the JSON body the HTTP paths return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ServeError",
+    "InvalidRequestError",
+    "AdapterNotFoundError",
+    "RequestTooLargeError",
+    "AdapterLoadFailedError",
+    "OverloadedError",
+    "InternalError",
+    "to_serve_error",
+    "error_body",
+]
+
+
+class ServeError(Exception):
+    """Base class of every Serve-layer error.
+
+    Attributes:
+        status_code: HTTP status the ingress answers with.
+        error_type: stable machine-readable name used in JSON error bodies.
+    """
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+
+class InvalidRequestError(ServeError, ValueError):
+    """The request body, a parameter or a multiplexed model id is malformed (400)."""
+
+    status_code = 400
+    error_type = "invalid_request"
+
+
+class AdapterNotFoundError(ServeError, LookupError):
+    """A well-formed adapter id names nothing the ModelStore holds (404)."""
+
+    status_code = 404
+    error_type = "adapter_not_found"
+
+
+class RequestTooLargeError(ServeError, ValueError):
+    """The prompt or ``max_new_tokens`` exceeds an engine limit (413)."""
+
+    status_code = 413
+    error_type = "request_too_large"
+
+
+class AdapterLoadFailedError(ServeError):
+    """A published adapter failed verification or does not load into this base (500: not the caller's fault)."""
+
+    status_code = 500
+    error_type = "adapter_load_failed"
+
+
+class OverloadedError(ServeError):
+    """The replica is shutting down or out of adapter capacity; retrying elsewhere may work (503)."""
+
+    status_code = 503
+    error_type = "overloaded"
+
+
+class InternalError(ServeError):
+    """Anything unexpected inside the replica (500)."""
+
+    status_code = 500
+    error_type = "internal_error"
+
+
+def to_serve_error(exc: BaseException) -> ServeError:
+    """Map a ModelStore or engine exception to the Serve error a caller should see.
+
+    Args:
+        exc: any exception raised while serving a request.
+
+    Returns:
+        ``exc`` itself when it already is a :class:`ServeError`, else a new one whose message is
+        ``str(exc)``; the caller should raise it ``from exc``.
+    """
+    if isinstance(exc, ServeError):
+        return exc
+    # Imported here so this module stays importable without torch (the engine pulls it in).
+    from modelstore import errors as store_errors
+
+    from deployments.engine import errors as engine_errors
+
+    message = str(exc) or type(exc).__name__
+    table: list[tuple[type[BaseException], type[ServeError]]] = [
+        (store_errors.RefError, InvalidRequestError),
+        (store_errors.NotFoundError, AdapterNotFoundError),
+        (store_errors.ModelStoreError, AdapterLoadFailedError),
+        (engine_errors.RequestTooLarge, RequestTooLargeError),
+        (engine_errors.BatchTooLarge, RequestTooLargeError),
+        (engine_errors.InvalidSchema, InvalidRequestError),
+        (engine_errors.InvalidRequest, InvalidRequestError),
+        (engine_errors.AdapterLoadError, AdapterLoadFailedError),
+        (engine_errors.TooManyAdapters, OverloadedError),
+        (engine_errors.AdapterNotLoaded, OverloadedError),
+    ]
+    for source, target in table:
+        if isinstance(exc, source):
+            return target(message)
+    return InternalError(f"{type(exc).__name__}: {message}")
+
+
+def error_body(exc: ServeError) -> dict[str, Any]:
+    """The JSON body of an error response: ``{"error": {"type", "message", "status"}}``."""
+    return {"error": {"type": exc.error_type, "message": str(exc), "status": exc.status_code}}

@@ -1,0 +1,212 @@
+"""BaseLLMServer: one base model, its adapters and the replica's mixed-adapter batcher. No Serve wiring.
+
+``deployments/base_llm.py`` wraps this class in a Serve deployment; tests and benchmarks can use it
+directly inside any asyncio loop. A request arrives with the adapter handle its multiplexed model id
+resolved to (or None for the bare base), is counted as using that adapter, waits in the batcher with
+requests for other adapters, and runs in one engine forward pass with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import ValidationError
+
+from deployments.adapters import AdapterHandle, AdapterPool
+from deployments.batcher import BatcherClosed, BatchRecord, MixedBatcher
+from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
+from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, to_serve_error
+from deployments.metrics import BASE_TAG, LLMMetrics
+from deployments.protocol import GenerateRequest, GenerateResponse
+from deployments.settings import BaseLLMSettings, RuntimeConfig, check_runtime_fits
+
+__all__ = ["BaseLLMServer", "validation_message"]
+
+log = logging.getLogger(__name__)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A one-line summary of a pydantic error: ``field: problem; field: problem``."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+class BaseLLMServer:
+    """Serve one base model and its LoRA adapters with mixed-adapter batching.
+
+    Args:
+        settings: the deployment settings (store, base, engine limits, initial runtime config).
+        replica_id: reported in responses and stats.
+        store: a ModelStore to use instead of opening ``settings.store_root``.
+        loaded: an already loaded base (``modelstore.loading.LoadedBase``) to use instead of loading one.
+    """
+
+    def __init__(self, settings: BaseLLMSettings, *, replica_id: str = "local", store: Any = None,
+                 loaded: Any = None):
+        from modelstore import ModelStore
+        from modelstore.loading import load_base
+
+        self.settings = settings
+        self.replica_id = replica_id
+        self.store = store if store is not None else ModelStore(settings.store_root)
+        if loaded is None:
+            loaded = load_base(self.store, settings.base_ref, settings.variant, device=settings.device)
+        self.base_ref = loaded.ref
+        self.variant = loaded.variant
+        if loaded.fallback_reason:
+            log.warning("base variant fallback: %s", loaded.fallback_reason)
+        self.engine = InferenceEngine(loaded.model, loaded.tokenizer, settings.engine)
+        self.metrics = LLMMetrics()
+        self.adapters = AdapterPool(self.store, self.engine, self.base_ref, self.metrics,
+                                    verify=settings.verify_adapters)
+        self.runtime = settings.runtime
+        self.batcher: MixedBatcher[GenerationRequest, GenerationResult] = MixedBatcher(
+            self._run_batch,
+            max_batch_size=self.runtime.max_batch_size,
+            batch_wait_timeout_s=self.runtime.batch_wait_timeout_s,
+            key=lambda req: req.adapter,
+            on_batch=self._on_batch,
+        )
+        self.started_at = time.time()
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    async def acquire_adapter(self, model_id: str) -> AdapterHandle:
+        """Resolve and load the adapter a multiplexed model id names (what ``get_model`` returns)."""
+        return await self.adapters.acquire(model_id)
+
+    # -- generation -------------------------------------------------------------------------------
+
+    async def generate(self, body: GenerateRequest | dict, adapter: AdapterHandle | None = None,
+                       model_id: str = "") -> GenerateResponse:
+        """Generate one completion, batched with whatever else the replica is serving.
+
+        Args:
+            body: the request body (validated here when given as a dict).
+            adapter: the handle of the request's adapter, None for the bare base.
+            model_id: the multiplexed model id as the caller sent it, echoed back.
+
+        Raises:
+            ServeError: a subclass naming what was wrong (400/404/413/500/503).
+        """
+        started = time.monotonic()
+        tag = adapter.name if adapter is not None and adapter.name else BASE_TAG
+        try:
+            request = self._to_engine_request(body, adapter)
+            self.adapters.begin_use(adapter)
+            try:
+                self.metrics.set_queue_depth(self.batcher.queued + 1)
+                result = await self.batcher.submit(request)
+            finally:
+                await self.adapters.end_use(adapter)
+        except Exception as exc:
+            error = self._serve_error(exc)
+            self.metrics.request_done(tag, time.monotonic() - started, error.error_type)
+            if error is exc:
+                raise
+            raise error from exc
+        self.metrics.request_done(tag, time.monotonic() - started, "ok", result.prompt_tokens,
+                                  result.completion_tokens)
+        return GenerateResponse(
+            text=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            model_id=model_id,
+            adapter=result.adapter,
+            base=str(self.base_ref),
+            replica_id=self.replica_id,
+            request_id=request.request_id,
+        )
+
+    def _to_engine_request(self, body: GenerateRequest | dict, adapter: AdapterHandle | None) -> GenerationRequest:
+        req = body if isinstance(body, GenerateRequest) else GenerateRequest.model_validate(body)
+        limit = self.engine.config.max_new_tokens_limit
+        if req.max_new_tokens > limit:
+            raise RequestTooLargeError(f"max_new_tokens ({req.max_new_tokens}) must be <= {limit}")
+        prompt = req.prompt
+        if prompt is None:
+            messages = [m.model_dump() for m in req.messages]
+            prompt = self.engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens,
+                                stop=req.stop, seed=req.seed, ignore_eos=req.ignore_eos)
+        return GenerationRequest(prompt=prompt, adapter=adapter.name if adapter is not None else None,
+                                 params=params, json_schema=req.json_schema, request_id=req.request_id)
+
+    @staticmethod
+    def _serve_error(exc: Exception):
+        if isinstance(exc, ValidationError):
+            return InvalidRequestError(validation_message(exc))
+        if isinstance(exc, BatcherClosed):
+            return OverloadedError(str(exc))
+        return to_serve_error(exc)
+
+    def _run_batch(self, items: list[GenerationRequest]) -> list[GenerationResult | Exception]:
+        """Runs in the batcher's worker thread: one engine call for the whole mixed batch."""
+        try:
+            return self.engine.generate(items)
+        except EngineError as exc:
+            if len(items) == 1:
+                return [exc]
+            # The engine checks every row before any compute and fails the whole call for one bad row;
+            # run the rows alone so only the offending caller gets the error.
+            log.info("batch of %d failed (%s); retrying its rows one by one", len(items), exc)
+            results: list[GenerationResult | Exception] = []
+            for item in items:
+                try:
+                    results.append(self.engine.generate([item])[0])
+                except Exception as row_exc:
+                    results.append(row_exc)
+            return results
+
+    def _on_batch(self, record: BatchRecord) -> None:
+        self.metrics.batch_done(record.size, record.distinct_keys, record.seconds)
+        self.metrics.set_queue_depth(self.batcher.queued)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def reconfigure(self, runtime: RuntimeConfig | dict) -> RuntimeConfig:
+        """Apply a new runtime config (batch size, wait time) to the running batcher.
+
+        Raises:
+            ValueError: the config is invalid or exceeds an engine limit (the old one stays in force).
+        """
+        runtime = runtime if isinstance(runtime, RuntimeConfig) else RuntimeConfig.model_validate(runtime)
+        check_runtime_fits(runtime, self.engine.config)
+        self.batcher.configure(max_batch_size=runtime.max_batch_size,
+                               batch_wait_timeout_s=runtime.batch_wait_timeout_s)
+        self.runtime = runtime
+        log.info("runtime config applied: %s", runtime.model_dump())
+        return runtime
+
+    def check_health(self) -> None:
+        """Raise when the replica cannot serve (its batching loop died)."""
+        if not self.batcher.healthy:
+            raise RuntimeError(f"replica {self.replica_id}: the batching loop has stopped")
+
+    async def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stop accepting requests and finish the queued ones (up to ``timeout_s``)."""
+        await self.batcher.close(self.settings.graceful_shutdown_timeout_s if timeout_s is None else timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-ready counters: adapter loads and evictions, residency, batch composition, engine stats."""
+        return {
+            "replica_id": self.replica_id,
+            "base": str(self.base_ref),
+            "variant": self.variant,
+            "runtime": self.runtime.model_dump(),
+            "adapter_loads": dict(self.adapters.loads),
+            "engine_adapter_loads": self.adapters.engine_loads,
+            "adapter_evictions": dict(self.adapters.evictions),
+            "resident_adapters": self.adapters.resident(),
+            "queue_depth": self.batcher.queued,
+            "batches": asdict(self.batcher.stats),
+            "metrics": self.metrics.snapshot(),
+            "engine": self.engine.stats(),
+        }

@@ -1,0 +1,119 @@
+"""Configuration of the BaseLLM deployment: what is fixed per deployment and what changes at runtime.
+
+:class:`RuntimeConfig` is the deployment's Serve ``user_config``: changing it in ``serve_config.yaml``
+reaches every running replica through ``reconfigure`` without a restart. :class:`BaseLLMSettings` holds
+everything else (which base, which store, replica count and resources) and embeds the runtime part as
+the initial ``user_config``. A later placement planner fills these fields from the ModelStore's VRAM
+metadata; nothing here is sized twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from deployments.engine import EngineConfig
+
+__all__ = ["RuntimeConfig", "BaseLLMSettings", "check_runtime_fits", "unflatten_args"]
+
+Variant = Literal["fp32", "bf16", "fp16", "bnb-int8", "bnb-4bit"]
+
+
+class RuntimeConfig(BaseModel):
+    """Settings a running replica applies on ``reconfigure`` (the deployment's ``user_config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(
+        8, ge=1, description="Most requests gathered into one engine forward pass (any mix of adapters)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.02,
+        ge=0.0,
+        le=10.0,
+        description="How long the batcher waits after the first queued request for more to join its batch.",
+    )
+    max_num_models_per_replica: int = Field(
+        4,
+        ge=1,
+        description="Adapters a replica keeps resident (Serve multiplexing LRU); the least recently used "
+        "is evicted and unloaded when one more is requested.",
+    )
+
+
+class BaseLLMSettings(BaseModel):
+    """Everything that shapes one BaseLLM deployment; the builder turns it into Serve options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_root: str | None = Field(
+        None, description="ModelStore root directory; None uses $MODEL_STORE_ROOT or the default location."
+    )
+    base_ref: str = Field("base_models@current", description="Base model ref; pinned to a version at replica start.")
+    variant: Variant | None = Field(
+        None, description="Base weights variant; None takes the manifest's variant_preference."
+    )
+    device: str = Field("cpu", description="Torch device of the base, e.g. 'cpu' or 'cuda'.")
+    verify_adapters: bool = Field(
+        True, description="Recompute an adapter's checksums before loading it (refuses corrupt publishes)."
+    )
+    deployment_name: str = Field("BaseLLM", min_length=1, description="Serve deployment name.")
+    num_replicas: int = Field(1, ge=1, description="Replicas of the deployment, each with its own base copy.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests Serve sends one replica at once (queued in its batcher or running)."
+    )
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 1},
+        description="Ray actor options of each replica (num_cpus, num_gpus, memory, runtime_env ...).",
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="How long a stopping replica may spend finishing queued requests."
+    )
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve's check_health calls.")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="Hard limits of the inference engine (fixed per replica)."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Initial user_config; later changes need no restart."
+    )
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> "BaseLLMSettings":
+        check_runtime_fits(self.runtime, self.engine)
+        if self.max_ongoing_requests < self.runtime.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= runtime.max_batch_size "
+                f"({self.runtime.max_batch_size}), or batches can never fill"
+            )
+        return self
+
+
+def check_runtime_fits(runtime: RuntimeConfig, engine: EngineConfig) -> None:
+    """Raise ``ValueError`` when a runtime config asks for more than the engine allows."""
+    if runtime.max_batch_size > engine.max_batch_size:
+        raise ValueError(
+            f"runtime.max_batch_size ({runtime.max_batch_size}) must be <= engine.max_batch_size "
+            f"({engine.max_batch_size})"
+        )
+    if runtime.max_num_models_per_replica > engine.max_loaded_adapters:
+        raise ValueError(
+            f"runtime.max_num_models_per_replica ({runtime.max_num_models_per_replica}) must be <= "
+            f"engine.max_loaded_adapters ({engine.max_loaded_adapters})"
+        )
+
+
+def unflatten_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``serve run`` style flat args into nested settings: ``{"runtime.max_batch_size": "4"}``
+    becomes ``{"runtime": {"max_batch_size": "4"}}`` (pydantic converts the strings)."""
+    nested: dict[str, Any] = {}
+    for key, value in args.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"argument {key!r} conflicts with {part!r}={child!r}")
+            node = child
+        node[leaf] = value
+    return nested
