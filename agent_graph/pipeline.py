@@ -1,0 +1,209 @@
+"""The newsroom pipeline as data: scout -> fact_checker -> analyst -> critic -> synthesizer -> chief_editor.
+
+Each :class:`Step` names an agent and a small pure function that builds the step's input from the
+article and the typed outputs of earlier steps. Calling an agent is injected: the serving layer passes
+a function that calls deployments, tests pass one that runs the heuristics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generator, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .agents.analyst import AnalystInput, AnalystOutput
+from .agents.chief_editor import ChiefEditorInput
+from .agents.critic import ClaimCheck, CriticInput, CriticOutput
+from .agents.embeddings import EmbedInput
+from .agents.fact_checker import MAX_CLAIMS, MAX_EVIDENCE, FactCheckerInput, FactCheckerOutput
+from .agents.synthesizer import MAX_ARTICLES, SourceArticle, SynthesizerInput, SynthesizerOutput
+from .contracts import Contract, Text, get_spec
+from .fallback import Answer
+from .heuristics import sentences
+
+__all__ = ["Article", "Step", "StepRecord", "PipelineResult", "NEWSROOM", "run_pipeline", "arun_pipeline",
+           "claims_of"]
+
+Outputs = Mapping[str, BaseModel]
+
+
+class Article(Contract):
+    """An article entering the newsroom."""
+
+    id: Text(64) = Field(description="Caller's id of the article.")
+    title: Text(200) = Field(description="Headline.")
+    text: Text(8000) = Field(description="Body text.")
+    claims: list[Text(300)] = Field(default_factory=list, max_length=MAX_CLAIMS,
+                                    description="Claims to check; empty means the text's first sentences.")
+    evidence: list[Text(1000)] = Field(default_factory=list, max_length=32,
+                                       description="Candidate evidence passages; the scout keeps the closest.")
+    related: list[SourceArticle] = Field(default_factory=list, max_length=MAX_ARTICLES - 1,
+                                         description="Other coverage of the story, for the synthesis.")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: which agent, how its input is built, and when it runs (always, if ``when`` is None)."""
+
+    name: str
+    agent: str
+    build: Callable[[Article, Outputs], BaseModel]
+    when: Callable[[Article, Outputs], bool] | None = None
+
+
+def claims_of(article: Article) -> list[str]:
+    """The article's claims, or its first sentences (clipped) when none were given."""
+    if article.claims:
+        return list(article.claims)
+    return [s[:300] for s in sentences(article.text)[:4]] or [article.title]
+
+
+def _scout(article: Article, _: Outputs) -> EmbedInput:
+    return EmbedInput(texts=claims_of(article) + list(article.evidence))
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b)) / norm if norm else 0.0
+
+
+def _fact_check(article: Article, out: Outputs) -> FactCheckerInput:
+    claims = claims_of(article)
+    vectors = out["scout"].vectors  # type: ignore[attr-defined]
+    claim_vecs, evidence_vecs = vectors[: len(claims)], vectors[len(claims):]
+    # Keep the passages closest to any claim; sorted() is stable, so ties keep the caller's order.
+    score = {j: max(_cosine(c, e) for c in claim_vecs) for j, e in enumerate(evidence_vecs)}
+    keep = sorted(score, key=lambda j: -score[j])[:MAX_EVIDENCE]
+    return FactCheckerInput(claims=claims, evidence=[article.evidence[j] for j in keep])
+
+
+def _analysis(article: Article, _: Outputs) -> AnalystInput:
+    return AnalystInput(title=article.title, text=article.text)
+
+
+def _critique(article: Article, out: Outputs) -> CriticInput:
+    facts: FactCheckerOutput = out["fact_checker"]  # type: ignore[assignment]
+    analysis: AnalystOutput = out["analyst"]  # type: ignore[assignment]
+    checks = [ClaimCheck(claim=c, verdict=v.verdict) for c, v in zip(claims_of(article), facts.verdicts)]
+    return CriticInput(headline=article.title, text=article.text, claim_checks=checks,
+                       sentiment=analysis.sentiment, bias=analysis.bias, persuasion=analysis.persuasion)
+
+
+def _not_rejected(_: Article, out: Outputs) -> bool:
+    return out["critic"].verdict != "reject"  # type: ignore[attr-defined]
+
+
+def _synthesis(article: Article, _: Outputs) -> SynthesizerInput:
+    own = SourceArticle(title=article.title, text=article.text[:6000])
+    return SynthesizerInput(task="synthesis" if article.related else "summary", articles=[own, *article.related])
+
+
+def _decision(article: Article, out: Outputs) -> ChiefEditorInput:
+    critic: CriticOutput = out["critic"]  # type: ignore[assignment]
+    verdicts = [v.verdict for v in out["fact_checker"].verdicts]  # type: ignore[attr-defined]
+    synthesis: SynthesizerOutput | None = out.get("synthesizer")  # type: ignore[assignment]
+    return ChiefEditorInput(
+        headline=article.title, text=synthesis.summary if synthesis else article.text,
+        critic_verdict=critic.verdict, critic_issues=[f"{i.kind} ({i.severity}): {i.note}" for i in critic.issues],
+        claims_refuted=verdicts.count("refuted"), claims_unverified=verdicts.count("unverified"))
+
+
+NEWSROOM: tuple[Step, ...] = (
+    Step("scout", "scout", _scout),
+    Step("fact_checker", "fact_checker", _fact_check),
+    Step("analyst", "analyst", _analysis),
+    Step("critic", "critic", _critique),
+    Step("synthesizer", "synthesizer", _synthesis, when=_not_rejected),
+    Step("chief_editor", "chief_editor", _decision),
+)
+
+
+class StepRecord(BaseModel):
+    """What one step received and returned, and which model answered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: str = Field(description="Step name.")
+    agent: str = Field(description="Agent called.")
+    skipped: bool = Field(False, description="True when the step's condition did not hold.")
+    input: dict[str, Any] | None = Field(None, description="The step's input, as JSON.")
+    output: dict[str, Any] | None = Field(None, description="The step's output, as JSON.")
+    answered_by: str | None = Field(None, description="Adapter ref, base ref or legacy id that answered.")
+
+
+class PipelineResult(BaseModel):
+    """Every step's record, in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    article_id: str = Field(description="The article's id.")
+    steps: list[StepRecord] = Field(description="One record per step, in pipeline order.")
+
+    def record(self, step: str) -> StepRecord:
+        """The record of ``step``; KeyError names the steps that exist."""
+        for rec in self.steps:
+            if rec.step == step:
+                return rec
+        raise KeyError(f"no step {step!r} (steps: {', '.join(r.step for r in self.steps)})")
+
+    def output(self, step: str) -> BaseModel | None:
+        """The typed output of ``step``, or None if it was skipped."""
+        rec = self.record(step)
+        return None if rec.output is None else get_spec(rec.agent).output_model.model_validate(rec.output)
+
+
+Call = Callable[[str, BaseModel], Any]
+
+
+def _drive(article: Article, steps: tuple[Step, ...]) -> Generator[tuple[str, BaseModel], Any, PipelineResult]:
+    # One generator holds the pipeline logic; the sync and async runners only differ in how they call.
+    outputs: dict[str, BaseModel] = {}
+    records = []
+    for step in steps:
+        if step.when is not None and not step.when(article, outputs):
+            records.append(StepRecord(step=step.name, agent=step.agent, skipped=True))
+            continue
+        spec = get_spec(step.agent)
+        inp = step.build(article, outputs)
+        result = yield step.agent, inp
+        output, by = (result.output, result.answered_by) if isinstance(result, Answer) else (result, None)
+        output = spec.validate_output(output, inp)
+        outputs[step.name] = output
+        records.append(StepRecord(step=step.name, agent=step.agent, input=inp.model_dump(mode="json"),
+                                  output=output.model_dump(mode="json"), answered_by=by))
+    return PipelineResult(article_id=article.id, steps=records)
+
+
+def run_pipeline(article: Article | Mapping[str, Any], call: Call, steps: tuple[Step, ...] = NEWSROOM) -> PipelineResult:
+    """Run ``steps`` on ``article``, calling ``call(agent, input)`` for each.
+
+    Args:
+        article: the article (or its JSON object).
+        call: returns the agent's output model, or an :class:`~agent_graph.fallback.Answer` (which also
+            records the model that answered).
+        steps: the pipeline; default :data:`NEWSROOM`.
+
+    Raises:
+        ContractError: a step's output does not fit its input.
+    """
+    gen = _drive(Article.model_validate(article), steps)
+    try:
+        agent, inp = next(gen)
+        while True:
+            agent, inp = gen.send(call(agent, inp))
+    except StopIteration as done:
+        return done.value
+
+
+async def arun_pipeline(article: Article | Mapping[str, Any], call: Callable[[str, BaseModel], Awaitable[Any]],
+                        steps: tuple[Step, ...] = NEWSROOM) -> PipelineResult:
+    """:func:`run_pipeline` with an async ``call`` (the serving layer awaits deployment handles)."""
+    gen = _drive(Article.model_validate(article), steps)
+    try:
+        agent, inp = next(gen)
+        while True:
+            agent, inp = gen.send(await call(agent, inp))
+    except StopIteration as done:
+        return done.value

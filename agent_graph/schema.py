@@ -1,0 +1,313 @@
+"""``AGENT_MODEL_MAP.json``: which model answers each agent, validated before anything starts.
+
+The map is the single source of truth for serving: per agent, the base ref, the adapter ref (and any
+per-task adapters), the variant preference, whether quantized variants are acceptable, and the ordered
+fallback chain. ``AGENT_MODEL_RECOMMENDED.json`` beside it only names the legacy last resort per agent.
+:func:`load_agent_map` reports every mistake at once, each naming the agent and the field, so a wrong
+entry stops start-up instead of half-starting a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+
+from modelstore.errors import ModelStoreError, RefError
+from modelstore.manifest import QUANTIZED, Variant
+from modelstore.refs import AdapterRef, BaseRef, parse_ref
+
+from .contracts import AGENTS, agent_names
+from .errors import AgentMapError, MapProblem
+from .heuristics import HEURISTICS
+
+__all__ = ["MAP_FILE", "RECOMMENDED_FILE", "AgentKind", "FallbackStep", "AgentName", "AgentEntry", "LegacyEntry",
+           "AgentMap", "default_map_path", "load_agent_map"]
+
+MAP_FILE = "AGENT_MODEL_MAP.json"
+RECOMMENDED_FILE = "AGENT_MODEL_RECOMMENDED.json"
+AgentKind = Literal["llm", "embedding", "multimodal"]
+FallbackStep = Literal["adapter", "base", "legacy"]
+# Same shape as the agent part of an adapter ref, so an agent name is always a valid store namespace.
+AgentName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+TaskName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class _Rules(ValueError):
+    """Cross-field problems found by one validator, each with its own agent and field."""
+
+    def __init__(self, problems: list[MapProblem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _ref(value: str, want: type, what: str) -> str:
+    ref = parse_ref(value)  # RefError quotes the value and says why
+    if not isinstance(ref, want):
+        raise RefError(f"invalid model ref {value!r}: {what} must be "
+                       + ("'base_models@<version>'" if want is BaseRef else "'<agent>/<adapter>@<version>'"))
+    return str(ref)
+
+
+class AgentEntry(BaseModel):
+    """One agent's models and how to degrade when they fail."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: AgentKind = Field(description="'llm' agents run on the shared base; the others keep their own weights.")
+    description: str = Field("", max_length=300, description="What the agent does, for operators.")
+    base: str | None = Field(None, description="Base ref, 'base_models@<version>' (llm agents only).")
+    adapter: str | None = Field(None, description="Default adapter ref, '<agent>/<adapter>@<version>' (llm only).")
+    task_adapters: dict[TaskName, str] = Field(
+        default_factory=dict, description="Task router: task name -> adapter ref; other tasks use 'adapter'.")
+    model: str | None = Field(None, max_length=200,
+                              description="Specialised model id of an embedding or multimodal agent.")
+    served: bool = Field(True, description="Whether this project deploys the agent (newsreader is not).")
+    variant_preference: list[Variant] = Field(min_length=1, description="Acceptable load variants, best first.")
+    allow_quantized: bool = Field(False, description="Whether bnb-int8 / bnb-4bit loads are acceptable.")
+    fallback: list[FallbackStep] = Field(min_length=1, description="Steps tried in order until one answers.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Default generation budget of a reply.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Default sampling temperature; 0 is greedy.")
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: str | None) -> str | None:
+        return None if v is None else _ref(v, BaseRef, "a base")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str | None) -> str | None:
+        return None if v is None else _ref(v, AdapterRef, "an adapter")
+
+    @field_validator("task_adapters")
+    @classmethod
+    def _task_adapters(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for task, ref in v.items():
+            try:
+                out[task] = _ref(ref, AdapterRef, "an adapter")
+            except RefError as exc:
+                raise ValueError(f"task {task!r}: {exc}") from None
+        return out
+
+    @model_validator(mode="after")
+    def _rules(self) -> "AgentEntry":
+        problems: list[tuple[str, str]] = []
+        if self.kind == "llm":
+            if self.base is None:
+                problems.append(("base", "an llm agent needs a base ref"))
+            if self.model is not None:
+                problems.append(("model", f"{self.model!r}: an llm agent runs on 'base', not a specialised model"))
+        else:
+            for name in ("base", "adapter"):
+                if getattr(self, name) is not None:
+                    problems.append((name, f"a {self.kind} agent keeps its own weights; remove {name!r}"))
+            if self.task_adapters:
+                problems.append(("task_adapters", f"a {self.kind} agent takes no adapters"))
+            if not self.model:
+                problems.append(("model", f"a {self.kind} agent needs its specialised model id"))
+        if self.task_adapters and self.adapter is None:
+            problems.append(("adapter", "a task router needs a default adapter for tasks it does not list"))
+        if "adapter" in self.fallback and self.adapter is None:
+            problems.append(("fallback", "step 'adapter' but the entry has no adapter"))
+        for field, values in (("fallback", self.fallback), ("variant_preference", self.variant_preference)):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                problems.append((field, f"lists {', '.join(map(repr, dupes))} more than once"))
+        quantized = [v for v in self.variant_preference if v in QUANTIZED]
+        if quantized and not self.allow_quantized:
+            problems.append(("variant_preference",
+                             f"names quantized {', '.join(map(repr, quantized))} but allow_quantized is false"))
+        if problems:
+            raise _Rules([MapProblem(None, f, m) for f, m in problems])
+        return self
+
+    @property
+    def base_ref(self) -> BaseRef | None:
+        """The typed base ref."""
+        return parse_ref(self.base) if self.base else None
+
+    def adapter_for(self, task: str | None = None) -> str | None:
+        """The adapter ref for ``task``: its router entry if listed, else the default adapter."""
+        return self.task_adapters.get(task, self.adapter) if task is not None else self.adapter
+
+    def refs(self) -> dict[str, str]:
+        """Every store ref of the entry, keyed by the field that names it (``task_adapters.<task>``)."""
+        out = {k: v for k, v in (("base", self.base), ("adapter", self.adapter)) if v}
+        out.update({f"task_adapters.{t}": r for t, r in self.task_adapters.items()})
+        return out
+
+
+class LegacyEntry(BaseModel):
+    """The legacy last resort of one agent, from ``AGENT_MODEL_RECOMMENDED.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str = Field(pattern=r"^(heuristic|hf):[A-Za-z0-9_./-]{1,120}$",
+                     description="'heuristic:<name>' (agent_graph.heuristics) or 'hf:<model id>' (a legacy model).")
+    note: str = Field("", max_length=300, description="Why this fallback, for operators.")
+
+    @property
+    def scheme(self) -> Literal["heuristic", "hf"]:
+        """``heuristic`` or ``hf``."""
+        return self.ref.split(":", 1)[0]  # type: ignore[return-value]
+
+    @property
+    def target(self) -> str:
+        """The heuristic name or model id."""
+        return self.ref.split(":", 1)[1]
+
+
+class AgentMap(BaseModel):
+    """Every agent's entry, plus the legacy fallbacks loaded from the companion file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = Field(1, description="Map format version.")
+    agents: dict[AgentName, AgentEntry] = Field(min_length=1, description="Agent name -> entry.")
+    legacy: dict[AgentName, LegacyEntry] = Field(
+        default_factory=dict, description="Agent name -> legacy fallback (from AGENT_MODEL_RECOMMENDED.json).")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "AgentMap":
+        problems: list[MapProblem] = []
+        for name, entry in self.agents.items():
+            for field, ref in entry.refs().items():
+                ref_agent = getattr(parse_ref(ref), "agent", name)
+                if ref_agent != name:
+                    problems.append(MapProblem(name, field, f"{ref!r} is an adapter of agent {ref_agent!r}"))
+            if "legacy" in entry.fallback and name not in self.legacy:
+                problems.append(MapProblem(name, "fallback", f"step 'legacy' but {RECOMMENDED_FILE} has no entry"))
+            spec = AGENTS.get(name)
+            if spec is None and entry.kind != "multimodal":
+                problems.append(MapProblem(name, "kind", f"{entry.kind} agent has no contract in agent_graph.agents "
+                                                         f"(known: {', '.join(agent_names())})"))
+            elif spec is not None and spec.kind != entry.kind:
+                problems.append(MapProblem(name, "kind", f"{entry.kind!r}, but its contract is {spec.kind!r}"))
+        for name in agent_names():
+            if name not in self.agents:
+                problems.append(MapProblem(name, None, "has a contract but no entry in the map"))
+        for name, legacy in self.legacy.items():
+            if name not in self.agents:
+                problems.append(MapProblem(name, "legacy", f"{RECOMMENDED_FILE} names an agent the map lacks"))
+            if legacy.scheme == "heuristic":
+                h = HEURISTICS.get(legacy.target)
+                if h is None:
+                    problems.append(MapProblem(name, "legacy", f"unknown heuristic {legacy.ref!r} "
+                                                               f"(known: {', '.join(sorted(HEURISTICS))})"))
+                elif h.agent != name:
+                    problems.append(MapProblem(name, "legacy", f"{legacy.ref!r} answers agent {h.agent!r}"))
+        if problems:
+            raise _Rules(problems)
+        return self
+
+    def entry(self, name: str) -> AgentEntry:
+        """The entry of agent ``name``; raises :class:`~agent_graph.errors.UnknownAgent`."""
+        from .errors import UnknownAgent
+
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise UnknownAgent(name, list(self.agents)) from None
+
+    def store_problems(self, store: Any) -> list[MapProblem]:
+        """Every ref that does not resolve in ``store`` (a ``modelstore.ModelStore``), and every mismatch.
+
+        Checks that each ref resolves, is of the right kind, that adapters were validated against the
+        entry's base version, and that the base offers at least one acceptable variant.
+        """
+        problems: list[MapProblem] = []
+        for name, entry in self.agents.items():
+            if entry.kind != "llm":
+                continue
+            resolved = {}
+            for field, ref in entry.refs().items():
+                try:
+                    resolved[field] = store.resolve(ref)
+                except (ModelStoreError, OSError) as exc:
+                    problems.append(MapProblem(name, field, f"{ref!r} does not resolve in the store: {exc}"))
+            base = resolved.get("base")
+            if base is None:
+                continue
+            offered = base.manifest.approx_vram_mb
+            usable = [v for v in entry.variant_preference if v in offered]
+            if not usable:
+                problems.append(MapProblem(name, "variant_preference", f"none of {entry.variant_preference} is "
+                                           f"offered by {base.ref} (offers {sorted(offered)})"))
+            for field, res in resolved.items():
+                if field == "base" or res.manifest.adapter is None:
+                    continue
+                if res.manifest.adapter.base_ref != str(base.ref):
+                    problems.append(MapProblem(name, field, f"{res.ref} was validated against "
+                                               f"{res.manifest.adapter.base_ref}, but the entry's base is {base.ref}"))
+        return problems
+
+    def validate_against_store(self, store: Any) -> None:
+        """Raise :class:`AgentMapError` listing every problem of :meth:`store_problems`, if any."""
+        problems = self.store_problems(store)
+        if problems:
+            raise AgentMapError(f"{MAP_FILE} against ModelStore {getattr(store, 'root', store)}", problems)
+
+
+def _problems(exc: ValidationError) -> list[MapProblem]:
+    """Turn pydantic errors into problems naming the agent (``agents.<name>`` / ``legacy.<name>``) and field."""
+    out = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        loc = list(err["loc"])
+        agent = None
+        if len(loc) >= 2 and loc[0] in ("agents", "legacy"):
+            agent, loc = str(loc[1]), loc[2:] if loc[0] == "agents" else ["legacy", *loc[2:]]
+        if isinstance(cause, _Rules):
+            out += [MapProblem(p.agent or agent, p.field, p.message) for p in cause.problems]
+            continue
+        if loc and loc[-1] == "[key]":
+            loc = loc[:-1]  # a bad name (agent or task): the problem sits at the name itself
+        field = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+        message = str(cause) if cause is not None else err["msg"]
+        if err["type"] != "missing" and cause is None:
+            message += f" (got {err['input']!r})"
+        out.append(MapProblem(agent, field or None, message))
+    return out
+
+
+def default_map_path() -> Path:
+    """The map shipped inside the package."""
+    return Path(__file__).with_name(MAP_FILE)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AgentMapError(str(path), [MapProblem(None, None, "file not found")]) from None
+    except (OSError, ValueError) as exc:
+        raise AgentMapError(str(path), [MapProblem(None, None, f"not readable JSON: {exc}")]) from None
+
+
+def load_agent_map(path: str | Path | None = None, recommended_path: str | Path | None = None) -> AgentMap:
+    """Read and validate the agent map and its legacy companion.
+
+    Args:
+        path: the map; default the packaged ``AGENT_MODEL_MAP.json``.
+        recommended_path: the legacy fallbacks; default ``AGENT_MODEL_RECOMMENDED.json`` beside ``path``.
+
+    Raises:
+        AgentMapError: every problem found, each naming the agent and the field.
+    """
+    path = Path(path) if path is not None else default_map_path()
+    recommended = Path(recommended_path) if recommended_path is not None else path.with_name(RECOMMENDED_FILE)
+    data, legacy = _read_json(path), _read_json(recommended)
+    if not isinstance(data, dict) or "legacy" in data:
+        raise AgentMapError(path.name, [MapProblem(None, "legacy" if isinstance(data, dict) else None,
+                                                   f"legacy fallbacks belong in {RECOMMENDED_FILE}"
+                                                   if isinstance(data, dict) else "expected a JSON object")])
+    if not isinstance(legacy, dict) or legacy.get("schema_version") != 1 or not isinstance(legacy.get("legacy"), dict):
+        raise AgentMapError(recommended.name, [MapProblem(None, None, "expected {'schema_version': 1, 'legacy': {...}}")])
+    try:
+        return AgentMap.model_validate({**data, "legacy": legacy["legacy"]})
+    except ValidationError as exc:
+        raise AgentMapError(path.name, _problems(exc)) from None

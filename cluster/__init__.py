@@ -1,0 +1,32 @@
+"""JustNews placement planner: GPU inventory + ModelStore VRAM metadata + policy -> Serve options.
+
+Pure logic (no Ray import): :func:`plan` chooses each deployment's variant, sizes its replicas (weights,
+KV cache, adapters, context), gives them fractional ``num_gpus`` (or a memory request on CPU-only
+clusters) and autoscaling bounds that the inventory can hold. :mod:`cluster.discover` reads an
+inventory from a running Ray cluster (imports Ray lazily); :mod:`cluster.budget` is what each replica
+runs to enforce its share; ``justnews plan`` (:mod:`cluster.cli`) prints a plan or writes serve_config.yaml.
+"""
+
+from .budget import BUDGET_ENV, BudgetStatus, MemoryUsage, apply_replica_budget, budget_from_env, measured_usage
+from .demand import (AdapterFacts, BaseFacts, DeploymentDemand, base_facts_from_store, default_demand,
+                     kv_values_per_token, load_demands)
+from .discover import GPU_MEMORY_LABEL, GPU_MEMORY_RESOURCE, discover_from_ray, inventory_from_ray_nodes
+from .errors import CapacityError, DemandError, InventoryError, NoVariantFitsError, PlanningError
+from .inventory import GPU, Inventory, Node, bundled_inventories, load_inventory
+from .planner import MAX_REPLICAS_RULE, BinUsage, DeploymentPlan, Placement, Plan, plan
+from .policy import PlacementPolicy, load_policy
+from .render import format_plan, serve_config, write_serve_config
+from .sizing import ReplicaMemory, ReplicaSizing, candidate_variants, size_replica
+
+__all__ = [
+    "plan", "Plan", "DeploymentPlan", "Placement", "BinUsage", "MAX_REPLICAS_RULE",
+    "Inventory", "Node", "GPU", "load_inventory", "bundled_inventories",
+    "discover_from_ray", "inventory_from_ray_nodes", "GPU_MEMORY_LABEL", "GPU_MEMORY_RESOURCE",
+    "PlacementPolicy", "load_policy",
+    "DeploymentDemand", "BaseFacts", "AdapterFacts", "kv_values_per_token", "base_facts_from_store",
+    "default_demand", "load_demands",
+    "ReplicaMemory", "ReplicaSizing", "candidate_variants", "size_replica",
+    "format_plan", "serve_config", "write_serve_config",
+    "apply_replica_budget", "measured_usage", "budget_from_env", "BudgetStatus", "MemoryUsage", "BUDGET_ENV",
+    "PlanningError", "InventoryError", "DemandError", "NoVariantFitsError", "CapacityError",
+]

@@ -1,0 +1,116 @@
+"""``justnews plan``: print the placement plan for an inventory, and emit it as serve_config.yaml.
+
+Examples::
+
+    justnews plan --inventory rtx3090-2node --demands cluster/demands/mistral-7b-8-agents.yaml
+    justnews plan --inventory inv.yaml --store-root /opt/justnews/model_store --set allow_quantized=true \\
+        --emit-serve-config serve_config.yaml
+    justnews plan --from-ray auto --gpu-memory-mb 24576 --json
+
+Without ``--demands`` the plan has one ``BaseLLM`` deployment serving the store's current base with the
+current version of every adapter. Exit codes: 0 planned, 2 refused (nothing fits, bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import yaml
+
+from .demand import default_demand, load_demands
+from .errors import PlanningError
+from .inventory import bundled_inventories, load_inventory
+from .planner import plan
+from .policy import PlacementPolicy, load_policy
+from .render import DEFAULT_IMPORT_PATH, format_plan, serve_config, write_serve_config
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``justnews`` parser with its ``plan`` subcommand."""
+    parser = argparse.ArgumentParser(prog="justnews", description="JustNews Serve operator commands.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="plan variants, replica sizes and autoscaling bounds from VRAM metadata",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inventory", help=f"inventory YAML, or a bundled one: {', '.join(bundled_inventories())}")
+    src.add_argument("--from-ray", metavar="ADDRESS", help="discover the inventory from a running Ray cluster")
+    p.add_argument("--gpu-memory-mb", type=int, help="with --from-ray: MiB per GPU for nodes that declare none")
+    p.add_argument("--store-root", help="ModelStore root (default $MODEL_STORE_ROOT)")
+    p.add_argument("--demands", help="deployments YAML/JSON (default: one BaseLLM over the store's current refs)")
+    p.add_argument("--policy", help="placement policy YAML/JSON (any subset of PlacementPolicy's fields)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one policy field, e.g. --set allow_quantized=true (repeatable)")
+    p.add_argument("--emit-serve-config", metavar="PATH", help="write the plan as a Serve config YAML")
+    p.add_argument("--import-path", default=DEFAULT_IMPORT_PATH, help="application import path in that config")
+    p.add_argument("--app-name", default="justnews", help="application name in that config")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return parser
+
+
+def _policy(args) -> PlacementPolicy:
+    base = load_policy(args.policy).model_dump(exclude_unset=True) if args.policy else {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PlanningError(f"--set {item!r} must look like FIELD=VALUE")
+        base[key.strip()] = yaml.safe_load(value)  # YAML scalars: true, 0.1, null ...
+    try:
+        return PlacementPolicy.model_validate(base)
+    except ValueError as exc:
+        raise PlanningError(f"invalid policy: {exc}") from exc
+
+
+def _store(args):
+    from modelstore import ModelStore, default_root
+
+    root = args.store_root or default_root()
+    return ModelStore(root) if args.store_root or root.exists() else None
+
+
+def cmd_plan(args) -> int:
+    if args.inventory:
+        inventory = load_inventory(args.inventory)
+    else:
+        from .discover import discover_from_ray
+
+        inventory = discover_from_ray(None if args.from_ray == "auto" else args.from_ray,
+                                      gpu_memory_mb=args.gpu_memory_mb)
+    store = _store(args)
+    if args.demands:
+        demands = load_demands(args.demands, store)
+    elif store is None:
+        raise PlanningError("no --demands and no store (give --store-root or set MODEL_STORE_ROOT)")
+    else:
+        demands = [default_demand(store)]
+    result = plan(inventory, demands, _policy(args))
+    if args.emit_serve_config:
+        write_serve_config(result, args.emit_serve_config, import_path=args.import_path, app_name=args.app_name)
+    if args.json:
+        data: dict[str, Any] = {"plan": result.model_dump(mode="json"), "options": result.options(),
+                                "serve_config": serve_config(result, import_path=args.import_path,
+                                                             app_name=args.app_name)}
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_plan(result))
+        if args.emit_serve_config:
+            print(f"\nwrote {args.emit_serve_config}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``justnews`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_plan(args)
+    except (PlanningError, LookupError, OSError) as exc:
+        print(f"justnews {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

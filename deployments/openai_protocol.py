@@ -1,0 +1,166 @@
+"""OpenAI-compatible request and response bodies for ``/v1/chat/completions`` and ``/v1/models``.
+
+Only what the newsroom's clients use is modelled, but what is modelled follows the OpenAI schema so the
+official ``openai`` client parses it: ``response_format`` with ``json_schema`` (constrained decoding),
+``stream`` (server-sent events of ``chat.completion.chunk``), ``stop``, ``seed`` and ``usage``.
+Unknown request fields are ignored, as OpenAI-compatible servers commonly do, except ``n`` > 1 and
+tools, which are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "ChatCompletionRequest", "ChatCompletionResponse",
+           "ChatCompletionChunk", "ModelCard", "ModelList", "completion_id"]
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+class ChatMessageIn(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"] = Field(description="Speaker.")
+    content: str = Field(max_length=200_000, description="Text of the turn.")
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema`` as OpenAI defines it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field("response", max_length=64, description="Schema name (informational).")
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON schema the reply must satisfy.")
+    strict: bool | None = Field(None, description="Accepted for compatibility; decoding is always constrained.")
+
+
+class ResponseFormat(BaseModel):
+    """``text`` (free), ``json_object`` (any JSON object) or ``json_schema`` (this schema)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"] = Field(description="Kind of output constraint.")
+    json_schema: JsonSchemaFormat | None = Field(None, description="Required when type is json_schema.")
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format.type 'json_schema' needs a response_format.json_schema object")
+        return self
+
+    def schema_dict(self) -> dict[str, Any] | None:
+        if self.type == "json_schema":
+            return self.json_schema.schema_
+        if self.type == "json_object":
+            return {"type": "object"}
+        return None
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``; ``model`` is an agent name, ``base`` or ``base:<adapter ref>``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200, description="Agent name, 'base', or 'base:<agent>/<adapter>@<version>'.")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=256, description="The conversation.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (alias max_completion_tokens).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    stop: str | list[str] | None = Field(None, description="Stop string(s).")
+    seed: int | None = Field(None, description="Random seed for reproducible sampling.")
+    stream: bool = Field(False, description="Stream chat.completion.chunk events (server-sent events).")
+    response_format: ResponseFormat | None = Field(None, description="Output constraint.")
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    user: str | None = Field(None, max_length=256, description="Caller tag (logged only).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError(f"stop takes at most 4 non-empty strings, got {len(stops)}")
+        return stops
+
+    def new_tokens(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class _Message(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class _Choice(BaseModel):
+    index: int = 0
+    message: _Message
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """A whole completion."""
+
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[_Choice]
+    usage: Usage
+    system_fingerprint: str | None = Field(None, description="The adapter ref (or base ref) that answered.")
+
+
+class _Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class _ChunkChoice(BaseModel):
+    index: int = 0
+    delta: _Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[_ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of ``/v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "justnews"
+    kind: Literal["base", "agent", "adapter", "embedding"] = Field(description="What the id names.")
+    ref: str | None = Field(None, description="Pinned ModelStore ref behind the id.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
