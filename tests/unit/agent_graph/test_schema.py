@@ -61,7 +61,7 @@ MISTAKES = [
     (_set("agents.critic.adapter", "../x"), "critic", "adapter", "invalid model ref '../x'"),
     (_set("agents.critic.adapter", "base_models@v1"), "critic", "adapter", "an adapter must be"),
     (_set("agents.critic.base", "critic/x@v1"), "critic", "base", "a base must be"),
-    (_set("agents.critic.adapter", "analyst/mistral_analyst_v1@seed-1"), "critic", "adapter",
+    (_set("agents.critic.adapter", "analyst/mistral_analyst_v1@current"), "critic", "adapter",
      "adapter of agent 'analyst'"),
     (_set("agents.analyst.variant_preference", ["fp16", "int3"]), "analyst", "variant_preference[1]", "'int3'"),
     (_set("agents.analyst.variant_preference", []), "analyst", "variant_preference", "at least 1"),
