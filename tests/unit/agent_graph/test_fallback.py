@@ -18,8 +18,8 @@ def agent_map():
 def test_routes_follow_the_map(agent_map):
     chain = routes(agent_map, "critic")
     assert [(r.step, r.model_id) for r in chain] == [
-        ("adapter", adapter_ref("critic")), ("base", "base_models@v1-tiny-mistral"), ("legacy", "heuristic:rule_checks")]
-    assert [r.multiplexed_model_id for r in chain[:2]] == [adapter_ref("critic"), ""]
+        ("adapter", adapter_ref("critic", "current")), ("base", "base_models@v1-tiny-mistral"), ("legacy", "heuristic:rule_checks")]
+    assert [r.multiplexed_model_id for r in chain[:2]] == [adapter_ref("critic", "current"), ""]
     assert [r.step for r in routes(agent_map, "scout")] == ["base", "legacy"]
     assert routes(agent_map, "scout")[0].model_id == "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -29,7 +29,7 @@ def test_task_router_route(agent_map):
     data["agents"]["synthesizer"]["task_adapters"] = {"synthesis": "synthesizer/mistral_synth_multi_v1@v2"}
     routed = AgentMap.model_validate(data)
     assert routes(routed, "synthesizer", "synthesis")[0].model_id == "synthesizer/mistral_synth_multi_v1@v2"
-    assert routes(routed, "synthesizer", "summary")[0].model_id == adapter_ref("synthesizer")
+    assert routes(routed, "synthesizer", "summary")[0].model_id == adapter_ref("synthesizer", "current")
 
 
 def test_adapter_answers_first(agent_map):
@@ -41,7 +41,7 @@ def test_adapter_answers_first(agent_map):
 
     spec = get_spec("re_ranker")
     result = answer(agent_map, "re_ranker", spec.example.model_dump(), execute)
-    assert result.answered_by == adapter_ref("re_ranker") and result.failures == ()
+    assert result.answered_by == adapter_ref("re_ranker", "current") and result.failures == ()
     assert result.output.scores == [0.9, 0.1, 0.4]
     request = seen[0]
     assert request["max_new_tokens"] == agent_map.entry("re_ranker").max_new_tokens
@@ -58,7 +58,7 @@ def test_falls_through_to_heuristic_and_records_failures(agent_map):
     spec = get_spec("critic")
     result = answer(agent_map, "critic", spec.example, execute)
     assert result.answered_by == "heuristic:rule_checks" and result.route.step == "legacy"
-    assert [f[0] for f in result.failures] == [f"adapter:{adapter_ref('critic')}", "base:base_models@v1-tiny-mistral"]
+    assert [f[0] for f in result.failures] == [f"adapter:{adapter_ref('critic', 'current')}", "base:base_models@v1-tiny-mistral"]
     assert "adapter not loaded" in result.failures[0][1] and "ContractError" in result.failures[1][1]
 
 

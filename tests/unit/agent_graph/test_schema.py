@@ -22,7 +22,7 @@ def test_shipped_map_covers_every_agent():
     for agent in TEXT_AGENTS:
         entry = agent_map.entry(agent)
         assert entry.kind == "llm"
-        assert entry.adapter == adapter_ref(agent)
+        assert entry.adapter == adapter_ref(agent, "current")
         assert entry.base == "base_models@v1-tiny-mistral"
         assert entry.fallback[-1] == "legacy" and agent_map.legacy[agent].scheme == "heuristic"
     assert {agent_map.entry(a).kind for a in ("scout", "memory")} == {"embedding"}
@@ -203,14 +203,14 @@ def test_store_problem_for_adapter_on_other_base(store):
     # Re-publish critic's adapter as if validated against another base version.
     from modelstore import parse_ref
 
-    resolved = store.resolve(adapter_ref("critic"))
+    resolved = store.resolve(adapter_ref("critic", "current"))
     manifest = json.loads((resolved.path / "manifest.json").read_text())
     manifest["adapter"]["base_ref"] = "base_models@v0-other"
     (resolved.path / "manifest.json").write_text(json.dumps(manifest))
     problems = load_agent_map().store_problems(store)
     assert [(p.agent, p.field) for p in problems] == [("critic", "adapter")]
     assert "base_models@v0-other" in problems[0].message
-    assert parse_ref(adapter_ref("critic")).agent == "critic"
+    assert parse_ref(adapter_ref("critic", "current")).agent == "critic"
 
 
 def test_store_problem_when_base_offers_no_acceptable_variant(store):
