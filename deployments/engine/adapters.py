@@ -85,6 +85,9 @@ class AdapterRegistry:
         self.unloads = 0
         self.lora_kernel = lora_kernel
         self._gathered = GatheredLora() if lora_kernel == "gathered" else None
+        # Stacked weights of every resident adapter, rebuilt only when residency changes: stacking per
+        # generate call cost 56 ms for 32 adapters on the tiny base (a third of a 16-token batch).
+        self._plan_cache: tuple[tuple[str, ...], LoraPlan] | None = None
 
     @property
     def model(self) -> Any:
@@ -122,6 +125,7 @@ class AdapterRegistry:
             with self._lock:
                 self._residents[name] = _Resident(name=name, slot=slot, path=path, nbytes=nbytes)
                 self.loads += 1
+                self._plan_cache = None
 
     def _inject(self, name: str, slot: str, path: Path) -> None:
         from peft import PeftConfig, PeftModel
@@ -174,6 +178,7 @@ class AdapterRegistry:
             self._peft.delete_adapter(slot)
         with self._lock:
             self.unloads += 1
+            self._plan_cache = None
 
     def acquire(self, names: set[str]) -> dict[str, str]:
         """Pin adapters for one batch and return ``{name: slot}``; all or nothing.
@@ -201,6 +206,22 @@ class AdapterRegistry:
                     to_delete.append(resident.slot)
         for slot in to_delete:
             self._delete(slot)
+
+    def stacked_plan(self, needed: list[str]) -> LoraPlan:
+        """The gathered plan over every resident slot (``needed`` included); cached until residency changes.
+
+        Called under the model lock, so no load or delete runs while it is built. A running batch keeps
+        the plan it started with, so a later rebuild never changes a batch's row indices mid-decode.
+        """
+        with self._lock:
+            slots = tuple(sorted({r.slot for r in self._residents.values()} | set(needed)))
+            cached = self._plan_cache
+        if cached is not None and cached[0] == slots:
+            return cached[1]
+        plan = self._gathered.plan(self.model, list(slots))
+        with self._lock:
+            self._plan_cache = (slots, plan)
+        return plan
 
     def router(self, slots: list[str]) -> BatchRouter:
         """Routing of one batch's rows to ``slots`` (the adapters it uses), for :meth:`BatchRouter.step`."""
@@ -261,6 +282,6 @@ class BatchRouter:
         else:
             if self._plan is None:
                 # Built lazily under the model lock: the batch may have started before the first load wrapped the base.
-                self._plan = registry._gathered.plan(registry.model, self._slots)
+                self._plan = registry.stacked_plan(self._slots)
             with registry._gathered.route(self._plan, row_slots, device):
                 yield {}

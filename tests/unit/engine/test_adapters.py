@@ -128,3 +128,20 @@ def test_first_load_during_a_bare_batch_keeps_bare_rows_bare(engine, tokenizer, 
     expected = engine.generate([request])[0].text
     result = engine.generate([request], on_step=lambda step: step == 1 and engine.load_adapter(A, adapter_dirs[A]))
     assert result[0].text == expected
+
+
+def test_stacked_plan_is_reused_until_residency_changes(engine, adapter_dirs):
+    names = list(adapter_dirs)
+    engine.load_adapter(names[0], adapter_dirs[names[0]])
+    engine.load_adapter(names[1], adapter_dirs[names[1]])
+    registry = engine._adapters
+    slot = registry.acquire({names[0]})[names[0]]
+    registry.release({names[0]})
+    first = registry.stacked_plan([slot])
+    assert registry.stacked_plan([slot]) is first  # no re-stacking per generate call
+    assert len(first.index_of) == 2  # every resident adapter, not only the batch's
+    engine.load_adapter(names[2], adapter_dirs[names[2]])
+    after_load = registry.stacked_plan([slot])
+    assert after_load is not first and len(after_load.index_of) == 3
+    engine.unload_adapter(names[1])
+    assert len(registry.stacked_plan([slot]).index_of) == 2
