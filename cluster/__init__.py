@@ -4,10 +4,14 @@ Pure logic (no Ray import): :func:`plan` chooses each deployment's variant, size
 KV cache, adapters, context), gives them fractional ``num_gpus`` (or a memory request on CPU-only
 clusters) and autoscaling bounds that the inventory can hold. :mod:`cluster.discover` reads an
 inventory from a running Ray cluster (imports Ray lazily); :mod:`cluster.budget` is what each replica
-runs to enforce its share; ``justnews plan`` (:mod:`cluster.cli`) prints a plan or writes serve_config.yaml.
+runs to enforce its share and :mod:`cluster.autoscaling` the Serve custom policy that caps scaling by memory;
+``justnews plan | preflight | kuberay | launcher`` (:mod:`cluster.cli`) print a plan or write serve_config.yaml,
+check a host, and write the KubeRay / ``ray up`` configs.
 """
 
-from .budget import BUDGET_ENV, BudgetStatus, MemoryUsage, apply_replica_budget, budget_from_env, measured_usage
+from .autoscaling import MemoryCap, MemoryCappedPolicy, memory_cap
+from .budget import (BUDGET_ENV, CONTEXT_ENV, BudgetStatus, MemoryUsage, apply_replica_budget, budget_from_env,
+                     context_from_env, measured_usage)
 from .demand import (AdapterFacts, BaseFacts, DeploymentDemand, base_facts_from_store, default_demand,
                      kv_values_per_token, load_demands)
 from .discover import GPU_MEMORY_LABEL, GPU_MEMORY_RESOURCE, discover_from_ray, inventory_from_ray_nodes
@@ -27,6 +31,7 @@ __all__ = [
     "default_demand", "load_demands",
     "ReplicaMemory", "ReplicaSizing", "candidate_variants", "size_replica",
     "format_plan", "serve_config", "write_serve_config",
-    "apply_replica_budget", "measured_usage", "budget_from_env", "BudgetStatus", "MemoryUsage", "BUDGET_ENV",
+    "apply_replica_budget", "measured_usage", "budget_from_env", "context_from_env", "BudgetStatus", "MemoryUsage",
+    "BUDGET_ENV", "CONTEXT_ENV", "MemoryCappedPolicy", "MemoryCap", "memory_cap",
     "PlanningError", "InventoryError", "DemandError", "NoVariantFitsError", "CapacityError",
 ]

@@ -18,10 +18,11 @@ import resource
 import sys
 from dataclasses import dataclass
 
-__all__ = ["BUDGET_ENV", "BudgetStatus", "MemoryUsage", "budget_from_env", "apply_replica_budget",
+__all__ = ["BUDGET_ENV", "CONTEXT_ENV", "BudgetStatus", "MemoryUsage", "budget_from_env", "context_from_env", "apply_replica_budget",
            "measured_usage"]
 
 BUDGET_ENV = "JUSTNEWS_REPLICA_BUDGET_MB"
+CONTEXT_ENV = "JUSTNEWS_REPLICA_CONTEXT_MB"  # the part of the budget torch's allocator never sees
 MIB = 1024 * 1024
 
 
@@ -62,6 +63,20 @@ def budget_from_env(default: int | None = None) -> int | None:
         raise ValueError(f"{BUDGET_ENV} ({raw!r}) must be a whole number of MiB") from exc
     if value <= 0:
         raise ValueError(f"{BUDGET_ENV} ({value}) must be > 0")
+    return value
+
+
+def context_from_env(default: int = 0) -> int:
+    """The CUDA-context part of the budget (``JUSTNEWS_REPLICA_CONTEXT_MB``), or ``default``."""
+    raw = os.environ.get(CONTEXT_ENV)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{CONTEXT_ENV} ({raw!r}) must be a whole number of MiB") from exc
+    if value < 0:
+        raise ValueError(f"{CONTEXT_ENV} ({value}) must be >= 0")
     return value
 
 

@@ -1,4 +1,9 @@
-"""``justnews plan``: print the placement plan for an inventory, and emit it as serve_config.yaml.
+"""``justnews``: the operator's commands.
+
+* ``justnews plan``      -- print the placement plan for an inventory, and emit it as serve_config.yaml;
+* ``justnews preflight`` -- host readiness checks, one PASS/FAIL line each (:mod:`cluster.preflight`);
+* ``justnews kuberay``   -- a KubeRay RayService manifest embedding serve_config.yaml (:mod:`cluster.rayservice`);
+* ``justnews launcher``  -- a ``ray up`` config for GPU VMs / hosts (:mod:`cluster.vm_launcher`).
 
 Examples::
 
@@ -7,8 +12,12 @@ Examples::
         --emit-serve-config serve_config.yaml
     justnews plan --from-ray auto --gpu-memory-mb 24576 --json
 
+    justnews preflight --json
+    justnews kuberay --serve-config serve_config.yaml --out cluster/kuberay/rayservice.yaml
+
 Without ``--demands`` the plan has one ``BaseLLM`` deployment serving the store's current base with the
-current version of every adapter. Exit codes: 0 planned, 2 refused (nothing fits, bad input).
+current version of every adapter. Exit codes: 0 done, 1 preflight found a failure, 2 refused (nothing
+fits, bad input).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from .inventory import bundled_inventories, load_inventory
 from .planner import plan
 from .policy import PlacementPolicy, load_policy
 from .render import DEFAULT_IMPORT_PATH, format_plan, serve_config, write_serve_config
+from .subcommands import add_operator_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -49,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import-path", default=DEFAULT_IMPORT_PATH, help="application import path in that config")
     p.add_argument("--app-name", default="justnews", help="application name in that config")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+    add_operator_commands(sub, policy_from_args=_policy)
     return parser
 
 
@@ -106,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``justnews`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return cmd_plan(args)
+        return args.func(args)
     except (PlanningError, LookupError, OSError) as exc:
         print(f"justnews {args.command}: {exc}", file=sys.stderr)
         return 2

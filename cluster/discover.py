@@ -4,7 +4,7 @@ Ray knows how many GPUs a node has but not how much memory each one holds, so no
 either convention (first match wins, per node):
 
 1. a node label with the memory of *one* GPU in MiB:
-   ``ray start --labels='{"justnews.io/gpu-memory-mb": "24576"}'`` (KubeRay: ``rayStartParams.labels``);
+   ``ray start --labels=justnews.io/gpu-memory-mb=24576`` (``ray.cluster_utils`` / ``ray.init``: a dict);
 2. a custom resource with the memory of *all* the node's GPUs together, in MiB:
    ``ray start --resources='{"gpu_memory_mb": 49152}'`` (divided evenly over ``GPU``);
 3. the ``gpu_memory_mb`` argument of :func:`discover_from_ray` (one figure for every GPU).

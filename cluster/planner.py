@@ -24,7 +24,8 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .budget import BUDGET_ENV
+from .autoscaling import POLICY_IMPORT_PATH
+from .budget import BUDGET_ENV, CONTEXT_ENV
 from .demand import MIB, DeploymentDemand
 from .errors import CapacityError, DemandError, InventoryError
 from .inventory import Inventory
@@ -91,6 +92,13 @@ class DeploymentPlan(BaseModel):
     max_replicas: int = Field(ge=1, description="Autoscaling maximum, what the inventory holds.")
     upscale_delay_s: float | None = Field(default=None, description="Autoscaling upscale delay, if set.")
     downscale_delay_s: float | None = Field(default=None, description="Autoscaling downscale delay, if set.")
+    look_back_period_s: float | None = Field(default=None, description="Autoscaling look-back window, if set.")
+    reserved_mb: tuple[int, ...] = Field(default=(), description="MiB reserved for this deployment on each GPU "
+                                         "(node) that holds it at max_replicas; the memory-capped policy's input.")
+    memory_autoscaling: bool = Field(default=True, description="Whether autoscaling_config names the memory-capped "
+                                     "custom policy (cluster.autoscaling).")
+    headroom_mb: int = Field(default=0, description="The policy's headroom_mb (the custom policy needs it).")
+    headroom_fraction: float = Field(default=0.05, description="The policy's headroom_fraction.")
 
     @property
     def memory_budget_mb(self) -> int:
@@ -102,9 +110,13 @@ class DeploymentPlan(BaseModel):
         """Serve's autoscaling_config."""
         cfg: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                                "target_ongoing_requests": self.target_ongoing_requests}
-        for key in ("upscale_delay_s", "downscale_delay_s"):
+        for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
             if getattr(self, key) is not None:
                 cfg[key] = getattr(self, key)
+        if self.memory_autoscaling and self.reserved_mb:
+            cfg["policy"] = {"policy_function": POLICY_IMPORT_PATH, "policy_kwargs": {
+                "budget_mb": self.memory_budget_mb, "reserved_mb": list(self.reserved_mb),
+                "headroom_mb": self.headroom_mb, "headroom_fraction": self.headroom_fraction}}
         return cfg
 
     @property
@@ -115,7 +127,8 @@ class DeploymentPlan(BaseModel):
             opts["num_gpus"] = self.num_gpus
         if self.memory_bytes is not None:
             opts["memory"] = self.memory_bytes
-        opts["runtime_env"] = {"env_vars": {BUDGET_ENV: str(self.memory_budget_mb)}}
+        opts["runtime_env"] = {"env_vars": {BUDGET_ENV: str(self.memory_budget_mb),
+                                            CONTEXT_ENV: str(self.memory.context_mb)}}
         return opts
 
     @property
@@ -252,6 +265,12 @@ def plan(inventory: Inventory, demands: Sequence[DeploymentDemand], policy: Plac
             raise CapacityError(f"{d.name}: not one replica ({mem[d.name]} MiB) fits beside the other deployments' "
                                 f"minimums on {inventory.name}; lower them or give {d.name} another GPU/node")
 
+    reserved: dict[str, list[int]] = {d.name: [] for d in demands}
+    for b in packer.bins:
+        for n in reserved:
+            count = sum(1 for name, _, _ in b.replicas if name == n)
+            if count:
+                reserved[n].append(count * mem[n])
     deployments = []
     for d in demands:
         s = sizes[d.name]
@@ -265,7 +284,10 @@ def plan(inventory: Inventory, demands: Sequence[DeploymentDemand], policy: Plac
             max_batch_size=policy.max_concurrent_sequences,
             max_ongoing_requests=max(policy.effective_max_ongoing, math.ceil(target)),
             target_ongoing_requests=target, min_replicas=d.min_replicas, max_replicas=counts[d.name],
-            upscale_delay_s=policy.upscale_delay_s, downscale_delay_s=policy.downscale_delay_s))
+            upscale_delay_s=policy.upscale_delay_s, downscale_delay_s=policy.downscale_delay_s,
+            look_back_period_s=policy.look_back_period_s, reserved_mb=tuple(reserved[d.name]),
+            memory_autoscaling=policy.memory_autoscaling, headroom_mb=policy.headroom_mb,
+            headroom_fraction=policy.headroom_fraction))
     placements = [Placement(deployment=n, replica=i, node=b.node, gpu=b.gpu, memory_mb=mem[n], minimum=m)
                   for b in packer.bins for n, i, m in b.replicas]
     usage = [BinUsage(node=b.node, gpu=b.gpu, memory_mb=b.memory_mb, usable_mb=b.usable_mb, used_mb=b.used_mb,

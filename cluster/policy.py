@@ -70,6 +70,11 @@ class PlacementPolicy(BaseModel):
     num_cpus_per_replica: float = Field(default=1.0, ge=0, description="num_cpus of every replica.")
     upscale_delay_s: float | None = Field(default=None, ge=0, description="autoscaling_config.upscale_delay_s.")
     downscale_delay_s: float | None = Field(default=None, ge=0, description="autoscaling_config.downscale_delay_s.")
+    look_back_period_s: float | None = Field(default=None, gt=0, description="autoscaling_config.look_back_period_s.")
+    memory_autoscaling: bool = Field(
+        default=True, description="Cap autoscaling by memory with cluster.autoscaling.MemoryCappedPolicy (Serve's "
+        "custom policy API); False keeps Serve's request-based default, bounded by max_replicas only."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> "PlacementPolicy":

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 from deployments.adapters import AdapterHandle
 from deployments.errors import InternalError, InvalidRequestError, ServeError, error_body
 from deployments.protocol import BASE_MODEL_IDS
+from deployments.replica_budget import ReplicaBudget
 from deployments.server import BaseLLMServer
 from deployments.settings import BaseLLMSettings, RuntimeConfig, unflatten_args
 
@@ -52,6 +53,7 @@ class BaseLLMDeployment:
 
     def __init__(self, settings: dict[str, Any]):
         self._settings = BaseLLMSettings.model_validate(settings)
+        self._budget = ReplicaBudget(self._settings.device)  # before the base loads: caps CUDA allocations
         replica_id = serve.get_replica_context().replica_id.unique_id
         self._server = BaseLLMServer(self._settings, replica_id=replica_id)
         self._mux_limit = self._settings.runtime.max_num_models_per_replica
@@ -109,7 +111,12 @@ class BaseLLMDeployment:
             **self._server.stats(),
             "multiplexed_model_ids": list(wrapper.models) if wrapper is not None else [],
             "max_num_models_per_replica": self._mux_limit,
+            "memory": self._budget.sample(),
         }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve custom autoscaling metrics: measured memory for cluster.autoscaling.MemoryCappedPolicy."""
+        return self._budget.autoscaling_stats()
 
     async def check_health(self) -> None:
         """Serve's periodic health check; raising marks the replica unhealthy and replaces it."""
@@ -164,10 +171,12 @@ def build_base_llm(settings: BaseLLMSettings | dict[str, Any]) -> Application:
     if not isinstance(settings, BaseLLMSettings):
         settings = BaseLLMSettings.model_validate(settings)
     cls = _multiplexed_class(settings.runtime.max_num_models_per_replica)
+    replicas: dict[str, Any] = ({"autoscaling_config": settings.autoscaling_config}
+                                if settings.autoscaling_config else {"num_replicas": settings.num_replicas})
     deployment = serve.deployment(
         cls,
         name=settings.deployment_name,
-        num_replicas=settings.num_replicas,
+        **replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options=settings.ray_actor_options,
         user_config=settings.runtime.model_dump(),

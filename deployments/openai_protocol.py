@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "ChatCompletionRequest", "ChatCompletionResponse",
-           "ChatCompletionChunk", "ModelCard", "ModelList", "completion_id"]
+__all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "StreamOptions", "ChatCompletionRequest",
+           "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id"]
 
 
 def completion_id() -> str:
+    """A fresh OpenAI-style completion id."""
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
@@ -64,6 +65,14 @@ class ResponseFormat(BaseModel):
         return None
 
 
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the token counts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="Send a final chunk with usage and no choices.")
+
+
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``; ``model`` is an agent name, ``base`` or ``base:<adapter ref>``."""
 
@@ -78,9 +87,18 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = Field(None, description="Stop string(s).")
     seed: int | None = Field(None, description="Random seed for reproducible sampling.")
     stream: bool = Field(False, description="Stream chat.completion.chunk events (server-sent events).")
+    stream_options: StreamOptions | None = Field(None, description="Options of a streamed response.")
     response_format: ResponseFormat | None = Field(None, description="Output constraint.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = Field(None, max_length=256, description="Caller tag (logged only).")
+    tools: list[Any] | None = Field(None, description="Not supported: refused when non-empty.")
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
+        if v:
+            raise ValueError(f"tools are not supported (got {len(v)})")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +111,7 @@ class ChatCompletionRequest(BaseModel):
         return stops
 
     def new_tokens(self, default: int) -> int:
+        """The requested completion budget, or ``default``."""
         return self.max_completion_tokens or self.max_tokens or default
 
 
@@ -109,6 +128,8 @@ class _Choice(BaseModel):
 
 
 class Usage(BaseModel):
+    """Token counts, OpenAI style."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -162,5 +183,7 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]

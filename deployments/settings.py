@@ -60,6 +60,10 @@ class BaseLLMSettings(BaseModel):
     )
     deployment_name: str = Field("BaseLLM", min_length=1, description="Serve deployment name.")
     num_replicas: int = Field(1, ge=1, description="Replicas of the deployment, each with its own base copy.")
+    autoscaling_config: dict[str, Any] | None = Field(
+        None, description="Serve autoscaling_config (min_replicas, max_replicas, target_ongoing_requests ...); "
+        "when set it replaces num_replicas."
+    )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests Serve sends one replica at once (queued in its batcher or running)."
     )

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The main job on the embedded offline default: build the default ModelStore if it is missing,
-# then list it and run the store's health check. (The serving cluster joins this command when the
-# BaseLLM / agent deployments land.)
+# The main job on the embedded offline default: build the default ModelStore where anything is missing
+# (idempotent, ~15 s the first time, instant afterwards), then start the JustNews cluster from
+# serve_config.yaml in the foreground: `serve run` starts a local Ray cluster (or joins the one
+# RAY_ADDRESS / `ray start --head` names) and serves on http://127.0.0.1:8000 until Ctrl-C.
+# Extra arguments go to `serve run` (e.g. --non-blocking).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 export MODEL_STORE_ROOT="${MODEL_STORE_ROOT:-$HOME/.local/share/justnews/model_store}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
 echo "==> ModelStore at $MODEL_STORE_ROOT" >&2
 modelstore seed
 modelstore list
-modelstore check
+cd "$ROOT"
+echo "==> serve run serve_config.yaml (http://127.0.0.1:8000; Ctrl-C stops it)" >&2
+exec serve run serve_config.yaml "$@"

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -25,16 +24,7 @@ DEPLOYMENT = "BaseLLM"
 INITIAL_RUNTIME = {"max_batch_size": 8, "batch_wait_timeout_s": 0.3, "max_num_models_per_replica": 4}
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: float = 0.25, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        time.sleep(interval_s)
+from tests.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 
 
 @pytest.fixture(scope="session")

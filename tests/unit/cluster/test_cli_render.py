@@ -34,7 +34,10 @@ def test_emitted_serve_config_parses_and_carries_the_options(tmp_path, capsys):
     assert app["import_path"] == "deployments.app:build_app"
     (dep,) = app["deployments"]
     assert dep["name"] == "BaseLLM" and "max_num_models_per_replica" not in dep
+    policy = dep["autoscaling_config"].pop("policy")
     assert dep["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8.0}
+    assert policy["policy_function"] == "cluster.autoscaling:MemoryCappedPolicy"
+    assert policy["policy_kwargs"]["reserved_mb"] == [4 * policy["policy_kwargs"]["budget_mb"]]
     assert dep["ray_actor_options"]["num_gpus"] == 0.25 and dep["max_ongoing_requests"] == 16
     assert dep["user_config"] == {"max_batch_size": 8, "max_num_models_per_replica": 8}
     agents = ("synthesizer", "journalist", "chief_editor", "reasoning", "critic", "fact_checker", "analyst",

@@ -92,11 +92,15 @@ def test_deployment_options_are_exactly_the_basellm_settings(rtx3090x2):
     opts = d.deployment_options()
     assert set(opts) == {"autoscaling_config", "max_ongoing_requests", "ray_actor_options",
                          "max_num_models_per_replica", "user_config"}
+    policy = opts["autoscaling_config"].pop("policy")
     assert opts["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8.0}
+    assert policy["policy_kwargs"] == {"budget_mb": 11515, "reserved_mb": [2 * 11515, 2 * 11515],
+                                       "headroom_mb": 0, "headroom_fraction": 0.05}
     assert opts["max_ongoing_requests"] == 16 and opts["max_num_models_per_replica"] == 8
     assert opts["user_config"] == {"max_batch_size": 8, "max_num_models_per_replica": 8}
     assert opts["ray_actor_options"]["num_cpus"] == 1.0 and "memory" not in opts["ray_actor_options"]
-    assert opts["ray_actor_options"]["runtime_env"] == {"env_vars": {"JUSTNEWS_REPLICA_BUDGET_MB": "11515"}}
+    assert opts["ray_actor_options"]["runtime_env"] == {"env_vars": {
+        "JUSTNEWS_REPLICA_BUDGET_MB": "11515", "JUSTNEWS_REPLICA_CONTEXT_MB": str(d.memory.context_mb)}}
 
 
 # -- refusals ------------------------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""The agent deployment: one generic class, deployed once per agent of the map. Thin Serve wiring.
+
+Each deployment wraps an :class:`~deployments.agent_server.AgentServer` and is bound to the shared
+BaseLLM handle (llm agents call it with ``multiplexed_model_id`` = the adapter ref of the step they are
+on) or to the embeddings handle (scout, memory). Agents hold no weights, so a replica asks for no CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from agent_graph import load_agent_map
+from deployments.agent_server import AgentServer
+
+__all__ = ["AgentDeploymentSettings", "AgentDeployment", "build_agent", "deployment_name"]
+
+
+class AgentDeploymentSettings(BaseModel):
+    """Serve options shared by every agent deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(1, ge=1, description="Replicas per agent (they hold no weights).")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one agent replica works on at once.")
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0},
+                                              description="Ray actor options per replica.")
+
+
+def deployment_name(agent: str) -> str:
+    """The Serve deployment name of an agent: ``Agent-<agent>``."""
+    return f"Agent-{agent}"
+
+
+class AgentDeployment:
+    """Serve-facing agent: ``answer`` and ``stats`` over a handle; no HTTP of its own (the ingress has it).
+
+    Args:
+        agent: the agent's name.
+        map_path: the agent map file; None is the packaged one (the builder validated it already).
+        strict: never fall back.
+        llm: the BaseLLM deployment handle (llm agents).
+        embeddings: the embeddings deployment handle (embedding agents).
+    """
+
+    def __init__(self, agent: str, map_path: str | None, strict: bool, llm: Any = None, embeddings: Any = None):
+        self._llm_handle, self._embed_handle = llm, embeddings
+        self._server = AgentServer(agent, load_agent_map(map_path), strict=strict,
+                                   llm=self._generate if llm is not None else None,
+                                   embed=self._embed if embeddings is not None else None)
+
+    async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._llm_handle.options(multiplexed_model_id=model_id).generate.remote(body)
+
+    async def _embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._embed_handle.embed.remote(body)
+
+    async def answer(self, body: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+        """Answer one request; returns an :class:`~deployments.agent_server.AgentResponse` as a dict."""
+        return (await self._server.answer(body, strict=strict)).model_dump(mode="json")
+
+    async def stats(self) -> dict[str, Any]:
+        """Request, fallback and failed-step totals (the same numbers as the ``justnews_agent_*`` metrics)."""
+        return self._server.stats()
+
+
+def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False, llm: Any = None,
+                embeddings: Any = None, settings: AgentDeploymentSettings | dict | None = None) -> Application:
+    """Bind the agent deployment of ``agent`` to the BaseLLM (or embeddings) application.
+
+    Args:
+        agent: the agent's name.
+        map_path: the agent map file (None: packaged).
+        strict: never fall back.
+        llm: the bound BaseLLM application (llm agents).
+        embeddings: the bound embeddings application (embedding agents).
+        settings: Serve options.
+    """
+    settings = AgentDeploymentSettings.model_validate(settings or {})
+    deployment = serve.deployment(
+        AgentDeployment, name=deployment_name(agent), num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests, ray_actor_options=settings.ray_actor_options)
+    return deployment.bind(agent, map_path, strict, llm, embeddings)

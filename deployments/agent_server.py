@@ -1,0 +1,232 @@
+"""AgentServer: one agent's typed contract and fallback chain over the shared models. No Serve wiring.
+
+An agent is data (``agent_graph``): a prompt, a typed output contract and an ordered fallback chain from
+``AGENT_MODEL_MAP.json``. This class walks that chain for one request: the agent's adapter on the shared
+BaseLLM, then the bare base, then the legacy last resort (a local heuristic). Embedding agents (scout,
+memory) walk ``base`` (the sentence-transformers deployment) then ``legacy``. Model calls are injected as
+async callables, so tests drive the class with fakes and ``deployments/agent.py`` passes Serve handles.
+
+The walk differs from :func:`agent_graph.fallback.answer` in three ways that only matter when serving:
+it is async, a caller's mistake (bad input, a prompt over the engine limit) or an overloaded BaseLLM stops
+it at once instead of being "answered" by a later step, and strict mode tries the first step only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any, Awaitable, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_graph import (AgentMap, AgentSpec, ContractError, Route, generation_request, get_spec, routes,
+                         run_heuristic)
+from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, ServeError
+
+__all__ = ["AgentFailure", "AgentUsage", "AgentResponse", "AgentUnavailableError", "FallbackExhaustedError",
+           "AgentMetrics", "AgentServer", "LLMCall", "EmbedCall", "is_caller_error"]
+
+log = logging.getLogger(__name__)
+
+# (multiplexed model id, GenerateRequest body) -> GenerateResponse dict
+LLMCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# EmbedRequest body -> EmbedResponse dict
+EmbedCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class AgentUnavailableError(ServeError):
+    """Strict mode: the agent's first step failed and falling back is forbidden (503)."""
+
+    status_code = 503
+    error_type = "agent_unavailable"
+
+
+class FallbackExhaustedError(ServeError):
+    """Every step of the agent's fallback chain failed (502: the models behind the agent misbehaved)."""
+
+    status_code = 502
+    error_type = "fallback_exhausted"
+
+
+class AgentFailure(BaseModel):
+    """One step that failed before the answer."""
+
+    route: str = Field(description="The step, e.g. 'adapter:critic/mistral_critic_v1@current'.")
+    reason: str = Field(description="Why it failed (exception type and message).")
+
+
+class AgentUsage(BaseModel):
+    """Tokens of every model call made for the request, failed steps included."""
+
+    prompt_tokens: int = Field(0, ge=0, description="Prompt tokens processed.")
+    completion_tokens: int = Field(0, ge=0, description="Tokens generated.")
+    total_tokens: int = Field(0, ge=0, description="Sum of the two.")
+
+
+class AgentResponse(BaseModel):
+    """What ``POST /agents/{agent}`` returns; the ingress narrows ``output`` to the agent's output model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(description="The agent that answered.")
+    output: dict[str, Any] = Field(description="The agent's typed output (validated against its contract).")
+    answered_by: str = Field(description="Pinned adapter ref, pinned base ref, embedding model or 'heuristic:<name>'.")
+    step: Literal["adapter", "base", "legacy"] = Field(description="Which step of the fallback chain answered.")
+    fallback: bool = Field(description="True when an earlier step failed and a later one answered.")
+    failures: list[AgentFailure] = Field(default_factory=list, description="Steps that failed, in order.")
+    usage: AgentUsage = Field(default_factory=AgentUsage, description="Token counts of the model calls made.")
+    latency_s: float = Field(ge=0, description="Seconds the agent spent on the request.")
+
+
+def is_caller_error(exc: BaseException) -> bool:
+    """True for failures no other model would fix: the request is wrong, or the BaseLLM is overloaded."""
+    return isinstance(exc, (InvalidRequestError, RequestTooLargeError, OverloadedError)) or \
+        type(exc).__name__ == "BackPressureError"
+
+
+class AgentMetrics:
+    """``justnews_agent_*`` metrics through Ray Serve's metrics API, mirrored in :attr:`totals`."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "justnews_agent_requests", description="Agent requests by outcome and the step that answered.",
+            tag_keys=("agent", "outcome", "step"))
+        self.fallbacks = metrics.Counter(
+            "justnews_agent_fallbacks",
+            description="Requests answered by a later fallback step; 'failed' is the first step that failed.",
+            tag_keys=("agent", "failed", "answered"))
+        self.step_failures = metrics.Counter(
+            "justnews_agent_step_failures", description="Failed fallback steps.", tag_keys=("agent", "step"))
+        self.latency = metrics.Histogram(
+            "justnews_agent_latency_s", description="Seconds per agent request.",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120], tag_keys=("agent",))
+        self.totals: dict[str, Counter] = {"requests": Counter(), "fallbacks": Counter(), "step_failures": Counter()}
+
+    def step_failed(self, agent: str, step: str) -> None:
+        self.step_failures.inc(tags={"agent": agent, "step": step})
+        self.totals["step_failures"][step] += 1
+
+    def done(self, agent: str, outcome: str, step: str, seconds: float, failed_first: str | None = None) -> None:
+        self.requests.inc(tags={"agent": agent, "outcome": outcome, "step": step})
+        self.latency.observe(seconds, tags={"agent": agent})
+        self.totals["requests"][f"{outcome}:{step}"] += 1
+        if failed_first is not None and outcome == "ok":
+            self.fallbacks.inc(tags={"agent": agent, "failed": failed_first, "answered": step})
+            self.totals["fallbacks"][f"{failed_first}->{step}"] += 1
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {name: dict(tally) for name, tally in self.totals.items()}
+
+
+class AgentServer:
+    """Answer requests for one agent by walking its fallback chain.
+
+    Args:
+        name: the agent (a key of the map with a registered contract).
+        agent_map: the loaded agent map.
+        llm: calls the BaseLLM deployment (needed by llm agents).
+        embed: calls the embeddings deployment (needed by embedding agents).
+        strict: never fall back; the first step's failure is the answer.
+        metrics: an :class:`AgentMetrics`; a fresh one by default.
+    """
+
+    def __init__(self, name: str, agent_map: AgentMap, *, llm: LLMCall | None = None, embed: EmbedCall | None = None,
+                 strict: bool = False, metrics: AgentMetrics | None = None):
+        self.name = name
+        self.map = agent_map
+        self.entry = agent_map.entry(name)
+        self.spec: AgentSpec = get_spec(name)
+        if self.spec.kind == "llm" and llm is None:
+            raise ValueError(f"agent {name!r} is an llm agent and needs an llm caller")
+        if self.spec.kind == "embedding" and embed is None:
+            raise ValueError(f"agent {name!r} is an embedding agent and needs an embed caller")
+        self._llm, self._embed = llm, embed
+        self.strict = strict
+        self.metrics = metrics or AgentMetrics()
+
+    async def answer(self, body: Any, *, strict: bool = False) -> AgentResponse:
+        """Validate ``body`` and answer it with the first step of the chain that yields a valid output.
+
+        Args:
+            body: the agent's input (dict, JSON text or model instance).
+            strict: this request only: no fallback (the server's own ``strict`` always applies).
+
+        Raises:
+            InvalidRequestError: the body does not validate (400).
+            RequestTooLargeError, OverloadedError: raised by the BaseLLM, passed through (413, 503).
+            AgentUnavailableError: strict mode and the first step failed (503).
+            FallbackExhaustedError: every step failed (502).
+        """
+        started = time.monotonic()
+        try:
+            inp = self.spec.load_input(body)
+        except Exception as exc:  # InvalidAgentInput: the caller's mistake
+            self.metrics.done(self.name, "invalid_input", "none", time.monotonic() - started)
+            raise InvalidRequestError(str(exc)) from None
+        strict = strict or self.strict
+        chain = routes(self.map, self.name, self.spec.task_of(inp))
+        if strict:
+            chain = chain[:1]
+        usage = AgentUsage()
+        failures: list[AgentFailure] = []
+        for route in chain:
+            try:
+                output, answered_by = await self._run(route, inp, usage)
+            except Exception as exc:  # noqa: BLE001 - any failure of a step means: try the next one
+                if is_caller_error(exc):
+                    self.metrics.done(self.name, getattr(exc, "error_type", "overloaded"), route.step,
+                                      time.monotonic() - started)
+                    raise
+                reason = f"{type(exc).__name__}: {_first_line(exc)}"
+                log.warning("agent %s: %s failed%s: %s", self.name, route, "" if strict else ", falling back", reason)
+                self.metrics.step_failed(self.name, route.step)
+                failures.append(AgentFailure(route=str(route), reason=reason))
+                continue
+            seconds = time.monotonic() - started
+            self.metrics.done(self.name, "ok", route.step, seconds, chain[0].step if failures else None)
+            return AgentResponse(agent=self.name, output=output.model_dump(mode="json"), answered_by=answered_by,
+                                 step=route.step, fallback=bool(failures), failures=failures, usage=usage,
+                                 latency_s=round(seconds, 4))
+        seconds = time.monotonic() - started
+        tried = "; ".join(f"{f.route}: {f.reason}" for f in failures)
+        if strict:
+            self.metrics.done(self.name, "strict_failure", chain[0].step, seconds)
+            raise AgentUnavailableError(f"agent {self.name!r}: {tried}; strict mode forbids falling back")
+        self.metrics.done(self.name, "exhausted", "none", seconds)
+        raise FallbackExhaustedError(f"agent {self.name!r}: every fallback step failed ({tried})")
+
+    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage) -> tuple[BaseModel, str]:
+        if route.step == "legacy":
+            if not route.model_id.startswith("heuristic:"):
+                raise NotImplementedError(f"legacy model {route.model_id!r} is not served by this project")
+            output = run_heuristic(route.model_id.split(":", 1)[1], inp)
+            return self.spec.validate_output(output, inp), route.model_id
+        if self.spec.kind == "embedding":
+            reply = await self._embed(inp.model_dump(mode="json"))
+            return self.spec.validate_output(reply, inp), route.model_id
+        body = generation_request(self.spec, inp, self.entry)
+        reply = await self._llm(route.multiplexed_model_id, body)
+        usage.prompt_tokens += reply.get("prompt_tokens", 0)
+        usage.completion_tokens += reply.get("completion_tokens", 0)
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        if reply.get("finish_reason") == "length":
+            raise ContractError(self.name, reply.get("text", ""),
+                                f"reply truncated at max_new_tokens ({body['max_new_tokens']})")
+        output = self.spec.parse(reply["text"], inp)
+        return output, (reply.get("adapter") if route.step == "adapter" else None) or reply.get("base") or route.model_id
+
+    def stats(self) -> dict[str, Any]:
+        """The agent's totals: requests by outcome and step, fallbacks, failed steps."""
+        return {"agent": self.name, "strict": self.strict, "chain": [str(r) for r in routes(self.map, self.name)],
+                **self.metrics.snapshot()}
+
+
+def _first_line(exc: BaseException) -> str:
+    # A RayTaskError's str() carries the remote traceback; the first line of the cause is what matters.
+    cause = getattr(exc, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else exc) or type(exc).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines and "Traceback" in text else (lines[0] if lines else text))[:500]

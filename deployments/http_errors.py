@@ -1,0 +1,114 @@
+"""Every failure of an HTTP request as a JSON error body with the right status, never a bare 500.
+
+The ingress's routes raise :class:`~deployments.errors.ServeError` subclasses (their own, or re-raised by
+Ray from a downstream replica); :func:`install_error_handlers` turns those, FastAPI's validation errors
+(422 by default, 400 here: a malformed body is a bad request), unknown routes and Serve's back-pressure
+into ``{"error": {"type", "message", "status"}}``. Overload answers 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from deployments.errors import InternalError, InvalidRequestError, OverloadedError, ServeError, error_body
+
+__all__ = ["UnauthorizedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "error_response",
+           "install_error_handlers", "validation_summary"]
+
+log = logging.getLogger(__name__)
+
+
+class UnauthorizedError(ServeError):
+    """A bearer token is configured and the request lacks it or sends another one (401)."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class ModelNotFoundError(ServeError, LookupError):
+    """``model`` of a chat completion names no agent, base or adapter (404)."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
+class UnknownAgentError(ServeError, LookupError):
+    """``/agents/{agent}`` names no served agent (404)."""
+
+    status_code = 404
+    error_type = "unknown_agent"
+
+
+def validation_summary(errors: list[dict[str, Any]], limit: int = 5) -> str:
+    """``field: problem; field: problem`` for the first ``limit`` pydantic/FastAPI errors."""
+    parts = []
+    for err in errors[:limit]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    more = len(errors) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def as_serve_error(exc: BaseException) -> ServeError:
+    """The :class:`ServeError` an exception answers as (a Ray-wrapped one keeps its class)."""
+    if isinstance(exc, ServeError):
+        return exc
+    if type(exc).__name__ == "BackPressureError":  # ray.serve.exceptions: a downstream queue is full
+        return OverloadedError(f"a downstream deployment is at its queue limit: {exc}")
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return InvalidRequestError(validation_summary(exc.errors()))
+    return InternalError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def error_response(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
+    """The JSON response of an error; 503 carries ``Retry-After``, 401 ``WWW-Authenticate``."""
+    error = as_serve_error(exc)
+    if error.status_code >= 500 and error.status_code != 503:
+        log.error("request failed: %s", exc)
+    body = error_body(error)
+    # A Ray-wrapped error's str() includes the remote traceback; the caller gets the message line only.
+    message = body["error"]["message"]
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, ServeError):
+        message = str(cause)
+    body["error"]["message"] = message
+    headers = {}
+    if error.status_code == 503:
+        headers["Retry-After"] = str(retry_after_s)
+    if error.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
+    """Route every exception a request can raise to :func:`error_response`."""
+
+    async def on_serve_error(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, retry_after_s)
+
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequestError(validation_summary(list(exc.errors()))), retry_after_s)
+
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ServeError(str(exc.detail))
+        error.status_code = exc.status_code
+        error.error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(error), status_code=exc.status_code, headers=exc.headers)
+
+    from pydantic import ValidationError
+    from ray.serve.exceptions import BackPressureError
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    # Specific classes are answered by Starlette's ExceptionMiddleware; the catch-all Exception handler
+    # (a bug of ours) also answers JSON, after which Starlette re-raises it for the replica's logs.
+    for kind in (ServeError, BackPressureError, ValidationError, Exception):
+        app.add_exception_handler(kind, on_serve_error)

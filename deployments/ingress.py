@@ -1,0 +1,88 @@
+"""The ingress deployment: FastAPI on Serve over the agent and BaseLLM handles. Thin wiring.
+
+The FastAPI app is built on the replica, after the constructor (Serve's late-bound ingress,
+``__serve_build_asgi_app__``), so it can be generated from the agent map the replica loaded: one typed
+route per agent. Routes and their logic live in :mod:`deployments.http_app` and
+:mod:`deployments.ingress_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from agent_graph import load_agent_map
+from deployments.http_app import build_http_app
+from deployments.ingress_server import IngressServer, IngressSettings
+
+__all__ = ["IngressDeployment", "build_ingress"]
+
+log = logging.getLogger(__name__)
+
+
+@serve.ingress()
+class IngressDeployment:
+    """Serve-facing ingress.
+
+    Args:
+        settings: :class:`~deployments.ingress_server.IngressSettings` as a dict.
+        map_path: the agent map file (None: packaged).
+        store_root: the ModelStore root (for ``/v1/models``).
+        llm: the BaseLLM deployment handle.
+        agents: agent name -> agent deployment handle.
+        embedding_model: the embeddings model name, listed by ``/v1/models``.
+    """
+
+    def __init__(self, settings: dict[str, Any], map_path: str | None, store_root: str, llm: Any,
+                 agents: dict[str, Any], embedding_model: str | None = None):
+        from modelstore import ModelStore
+
+        self._llm_handle, self._agent_handles = llm, agents
+        self._server = IngressServer(
+            IngressSettings.model_validate(settings), load_agent_map(map_path), ModelStore(store_root),
+            llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
+            agent_stats=self._agent_stats)
+
+    def __serve_build_asgi_app__(self):  # noqa: N807 - Serve's hook name
+        return build_http_app(self._server)
+
+    async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._llm_handle.options(multiplexed_model_id=model_id).generate.remote(body)
+
+    async def _answer(self, agent: str, body: dict[str, Any], strict: bool) -> dict[str, Any]:
+        return await self._agent_handles[agent].answer.remote(body, strict)
+
+    async def _agent_stats(self) -> dict[str, Any]:
+        names = sorted(self._agent_handles)
+        replies = await asyncio.gather(*(self._agent_handles[n].stats.remote() for n in names), return_exceptions=True)
+        return {n: (r if not isinstance(r, BaseException) else {"error": str(r).splitlines()[0]})
+                for n, r in zip(names, replies)}
+
+    async def _status(self) -> dict[str, str]:
+        app = serve.get_replica_context().app_name
+
+        def read() -> dict[str, str]:
+            status = serve.status().applications.get(app)
+            return {name: str(d.status.value if hasattr(d.status, "value") else d.status)
+                    for name, d in (status.deployments.items() if status else [])}
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - health must answer; say what could not be read
+            log.warning("could not read serve status: %s", exc)
+            return {"serve_status": f"unavailable: {type(exc).__name__}"}
+
+
+def build_ingress(settings: IngressSettings | dict | None, *, map_path: str | None, store_root: str, llm: Application,
+                  agents: dict[str, Application], embedding_model: str | None = None) -> Application:
+    """Bind the ingress to the BaseLLM and agent applications."""
+    settings = IngressSettings.model_validate(settings or {})
+    deployment = serve.deployment(
+        IngressDeployment, name="Ingress", num_replicas=settings.num_replicas,
+        # Serve must let requests through to the ingress' own limit, which answers 503 with a JSON body.
+        max_ongoing_requests=settings.max_in_flight + 16, ray_actor_options=settings.ray_actor_options)
+    return deployment.bind(settings.model_dump(), map_path, store_root, llm, agents, embedding_model)

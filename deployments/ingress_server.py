@@ -1,0 +1,161 @@
+"""IngressServer: what the HTTP routes do, as a plain class over injected calls. No Serve, no FastAPI.
+
+It holds the ingress' own guards (optional bearer token, in-flight limit) and turns each route into calls
+on the agent and BaseLLM deployments; ``deployments/http_app.py`` maps routes onto it and
+``deployments/ingress.py`` wires it to Serve handles.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_graph import Answer, AgentMap, PipelineResult, Route, arun_pipeline, get_spec
+from deployments.agent_server import LLMCall
+from deployments.errors import OverloadedError
+from deployments.http_errors import UnauthorizedError, UnknownAgentError
+from deployments.openai_api import generate_body, model_list, resolve_model
+from deployments.openai_protocol import ChatCompletionRequest, ModelList
+
+__all__ = ["IngressSettings", "PipelineResponse", "IngressServer", "AgentCall"]
+
+log = logging.getLogger(__name__)
+
+# (agent, input body, strict) -> AgentResponse dict
+AgentCall = Callable[[str, dict[str, Any], bool], Awaitable[dict[str, Any]]]
+
+
+class IngressSettings(BaseModel):
+    """Settings of the HTTP ingress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_in_flight: int = Field(64, ge=1, description="Requests one ingress replica works on at once; more get 503.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with every 503.")
+    api_token_env: str = Field("JUSTNEWS_API_TOKEN", min_length=1,
+                               description="Environment variable holding the bearer token; unset or empty means "
+                               "no authentication (the default binding is 127.0.0.1 only).")
+    chat_default_max_tokens: int = Field(256, ge=1, description="max_tokens of a chat completion that names none.")
+    stream_piece_chars: int = Field(16, ge=1, description="Characters per streamed content chunk (whole words).")
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0},
+                                              description="Ray actor options per ingress replica.")
+
+
+class PipelineResponse(PipelineResult):
+    """``POST /pipeline/article``: every step's record, plus the steps that fell back."""
+
+    fallback_steps: list[str] = Field(default_factory=list, description="Steps answered by a later fallback step.")
+
+
+class IngressServer:
+    """The ingress' logic.
+
+    Args:
+        settings: ingress settings.
+        agent_map: the agent map (which agents exist, their adapters).
+        store: the ``modelstore.ModelStore`` behind ``/v1/models``.
+        llm: calls the BaseLLM deployment.
+        agent: calls an agent deployment.
+        embedding_model: the embeddings model name, listed by ``/v1/models``.
+        status: returns ``{deployment: status}`` for ``/healthz`` (None: not reported).
+        agent_stats: returns every agent's totals for ``/stats``.
+    """
+
+    def __init__(self, settings: IngressSettings, agent_map: AgentMap, store: Any, *, llm: LLMCall, agent: AgentCall,
+                 embedding_model: str | None = None, status: Callable[[], Awaitable[dict[str, str]]] | None = None,
+                 agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None):
+        self.settings = settings
+        self.map = agent_map
+        self.store = store
+        self._llm, self._agent = llm, agent
+        self.embedding_model = embedding_model
+        self._status, self._agent_stats = status, agent_stats
+        self.token = os.environ.get(settings.api_token_env) or None
+        self.in_flight = 0
+        self.rejected = 0
+        self.served_agents = sorted(n for n, e in agent_map.agents.items() if e.served)
+
+    # -- guards -----------------------------------------------------------------------------------
+
+    def authorize(self, header: str | None) -> None:
+        """Check ``Authorization: Bearer <token>`` when a token is configured.
+
+        Raises:
+            UnauthorizedError: missing or wrong token (401).
+        """
+        if self.token is None:
+            return
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                                    f"(the token is ${self.settings.api_token_env} of the cluster)")
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count a request in flight for its whole life.
+
+        Raises:
+            OverloadedError: ``max_in_flight`` requests are already in flight (503 with Retry-After).
+        """
+        if self.in_flight >= self.settings.max_in_flight:
+            self.rejected += 1
+            raise OverloadedError(f"{self.in_flight} requests in flight, max_in_flight is "
+                                  f"{self.settings.max_in_flight}; retry after {self.settings.retry_after_s}s")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    # -- routes -----------------------------------------------------------------------------------
+
+    def check_agent(self, name: str) -> None:
+        """Raise :class:`UnknownAgentError` (404) unless ``name`` is a served agent."""
+        if name not in self.served_agents:
+            raise UnknownAgentError(f"unknown agent {name!r}; served agents: {', '.join(self.served_agents)}")
+
+    async def agent(self, name: str, body: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+        """``POST /agents/{name}``: an ``AgentResponse`` dict."""
+        self.check_agent(name)
+        return await self._agent(name, body, strict)
+
+    async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        """``POST /v1/chat/completions``: the BaseLLM ``GenerateResponse`` dict of the completion."""
+        model_id = resolve_model(req.model, self.map)
+        return await self._llm(model_id, generate_body(req, self.settings.chat_default_max_tokens))
+
+    def models(self) -> ModelList:
+        """``GET /v1/models``."""
+        return model_list(self.map, self.store, self.embedding_model)
+
+    async def pipeline(self, article: dict[str, Any]) -> PipelineResponse:
+        """``POST /pipeline/article``: the newsroom pipeline, every step through its agent deployment."""
+        fell_back: list[str] = []
+
+        async def call(agent: str, inp: BaseModel) -> Answer:
+            reply = await self.agent(agent, inp.model_dump(mode="json"))
+            if reply["fallback"]:
+                fell_back.append(agent)
+            output = get_spec(agent).output_model.model_validate(reply["output"])
+            failures = tuple((f["route"], f["reason"]) for f in reply["failures"])
+            return Answer(agent, output, Route(agent, reply["step"], reply["answered_by"]), failures)
+
+        result = await arun_pipeline(article, call)
+        return PipelineResponse(**result.model_dump(), fallback_steps=fell_back)
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``ok`` while every deployment is healthy, with each one's status."""
+        deployments = await self._status() if self._status is not None else {}
+        healthy = all(s == "HEALTHY" for s in deployments.values())
+        return {"status": "ok" if healthy else "degraded", "deployments": deployments, "in_flight": self.in_flight}
+
+    async def stats(self) -> dict[str, Any]:
+        """``GET /stats``: ingress counters and every agent's request and fallback totals."""
+        agents = await self._agent_stats() if self._agent_stats is not None else {}
+        return {"ingress": {"in_flight": self.in_flight, "rejected_overload": self.rejected}, "agents": agents}

@@ -1,0 +1,158 @@
+"""One JustNews cluster for the e2e tests, started the way an operator starts it: ``serve run`` on a config.
+
+The config is ``serve_config.yaml`` with the operator-facing knobs changed for a test: a temporary
+seeded store, a copy of the agent map whose synthesizer routes its ``summary`` task to a corrupt adapter
+(the fallback tests), a free port, one BaseLLM replica and a small in-flight limit (the overload test).
+``RAY_ADDRESS=local`` makes ``serve run`` start its own Ray cluster, so a cluster another process runs
+on this machine is never joined; the bearer token comes from the environment, as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "e2e-secret-token"
+MAX_IN_FLIGHT = 12
+BROKEN_ADAPTER = "synthesizer/mistral_broken_v1@v1"
+STARTUP_TIMEOUT_S = 240
+
+
+@dataclass
+class Cluster:
+    """The running application."""
+
+    url: str
+    token: str
+    store_root: Path
+    log: Path
+
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client with the bearer token."""
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
+                            timeout=kwargs.pop("timeout", 300), **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _seed_store(root: Path, scratch: Path) -> None:
+    from modelstore import ModelStore
+    from modelstore.seed import BASE_VERSION, adapter_ref, seed_default_store
+
+    store = ModelStore(root)
+    seed_default_store(store)
+    source = store.adapter_path(adapter_ref("synthesizer"))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(source / name, scratch / name)
+    agent, rest = BROKEN_ADAPTER.split("/")
+    name, version = rest.split("@")
+    store.publish_adapter(agent, name, scratch, version, base_ref=f"base_models@{BASE_VERSION}")
+    weights = store.adapter_path(BROKEN_ADAPTER) / "adapter_model.safetensors"
+    os.chmod(weights, 0o644)
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: only the checksum tells
+
+
+def _write_map(directory: Path) -> Path:
+    from agent_graph import default_map_path
+    from agent_graph.schema import RECOMMENDED_FILE
+
+    source = default_map_path()
+    data = json.loads(source.read_text())
+    data["agents"]["synthesizer"]["task_adapters"] = {"summary": BROKEN_ADAPTER}
+    path = directory / source.name
+    path.write_text(json.dumps(data, indent=2))
+    shutil.copy(source.with_name(RECOMMENDED_FILE), directory / RECOMMENDED_FILE)
+    return path
+
+
+def _write_config(path: Path, port: int, store_root: Path, map_path: Path) -> None:
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    args = config["applications"][0]["args"]
+    args.update(store_root=str(store_root), map_path=str(map_path), llm={"num_replicas": 1})
+    args["ingress"]["max_in_flight"] = MAX_IN_FLIGHT
+    path.write_text(yaml.safe_dump(config))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT (serve run shuts Serve down), then SIGTERM / SIGKILL to the group it leads (its local Ray)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.5)
+        proc.poll()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> Cluster:
+    """Seed a store, write the config, ``serve run`` it, and wait until every deployment is healthy."""
+    work = tmp_path_factory.mktemp("e2e")
+    store_root, scratch, map_dir = work / "store", work / "scratch", work / "map"
+    scratch.mkdir()
+    map_dir.mkdir()
+    _seed_store(store_root, scratch)
+    port = _free_port()
+    config = work / "serve_config.yaml"
+    _write_config(config, port, store_root, _write_map(map_dir))
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "JUSTNEWS_API_TOKEN": TOKEN}
+    serve_cli = Path(sys.executable).with_name("serve")
+    log = work / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(serve_cli), "run", str(config)], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    cluster = Cluster(url=f"http://127.0.0.1:{port}", token=TOKEN, store_root=store_root, log=log)
+    try:
+        _wait_healthy(cluster, proc)
+        yield cluster
+    finally:
+        _stop(proc)
+
+
+def _wait_healthy(cluster: Cluster, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    last = "no answer"
+    with cluster.client(timeout=15) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"serve run exited with {proc.returncode}:\n{cluster.log.read_text()[-4000:]}")
+            try:
+                reply = client.get("/healthz")
+                last = f"{reply.status_code} {reply.text[:500]}"
+                if reply.status_code == 200 and reply.json()["status"] == "ok":
+                    return
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(2)
+    pytest.fail(f"cluster not healthy after {STARTUP_TIMEOUT_S}s (last: {last}):\n{cluster.log.read_text()[-4000:]}")

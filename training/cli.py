@@ -1,0 +1,169 @@
+"""``justnews-train``: train, evaluate and publish agent adapters.
+
+    justnews-train train --agent synthesizer --train-files data/synth.jsonl --publish
+    justnews-train eval-adapter --agent critic [--adapter critic/mistral_critic_v1@trained-1]
+    justnews-train defaults          # the embedded default: train + publish missing trained adapters
+    justnews-train synth --agent analyst --out data/   # write a synthetic dataset
+
+Exit status: 0 done, 1 training failed, 2 bad data or arguments (the message names file and line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import LORA_TARGETS, TrainConfig
+from .errors import DataError, TrainingError
+
+__all__ = ["main", "build_parser"]
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", required=True)
+    p.add_argument("--adapter-name", help="default mistral_<agent>_v1")
+    p.add_argument("--adapter-version", help="default a UTC timestamp")
+    p.add_argument("--train-files", nargs="+", required=True, type=Path)
+    p.add_argument("--eval-files", nargs="*", default=[], type=Path)
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--output-dir", "--output_dir", type=Path, help="default output/adapters/<adapter-name>")
+    p.add_argument("--base-ref", default="base_models@current")
+    p.add_argument("--store-root", type=Path, help="default $MODEL_STORE_ROOT")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quantization", choices=["auto", "none", "nf4"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--lora-r", type=int, default=64)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--target-modules", nargs="+", default=list(LORA_TARGETS))
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", "--train-batch-size", type=int, default=1)
+    p.add_argument("--grad-accum", "--gradient-accumulation", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run-steps", type=int, default=3)
+    p.add_argument("--publish", action="store_true")
+    p.add_argument("--no-promote", dest="promote", action="store_false")
+    p.add_argument("--force", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="justnews-train", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_args(sub.add_parser("train", help="train one adapter from JSONL {input, output} records"))
+    ev = sub.add_parser("eval-adapter", help="held-out score of an adapter against the bare base")
+    ev.add_argument("--agent", required=True)
+    ev.add_argument("--adapter", help="adapter ref; default <agent>/mistral_<agent>_v1@current")
+    ev.add_argument("--eval-files", nargs="*", default=[], type=Path, help="default: the synthetic held-out split")
+    ev.add_argument("--n", type=int, default=64, help="records to score")
+    ev.add_argument("--store-root", type=Path)
+    d = sub.add_parser("defaults", help="train + publish the embedded default's missing trained adapters")
+    d.add_argument("--agents", nargs="+")
+    d.add_argument("--steps", type=int, help="override the per-agent step counts")
+    d.add_argument("--threads", type=int)
+    d.add_argument("--store-root", type=Path)
+    d.add_argument("--force", action="store_true", help="retrain and replace already published trained versions")
+    d.add_argument("--no-progress", dest="progress", action="store_false")
+    s = sub.add_parser("synth", help="write a synthetic train / held-out dataset for an agent")
+    s.add_argument("--agent", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--n-train", type=int, default=2000)
+    s.add_argument("--n-eval", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from .trainer import run_training
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
+    fields.setdefault("output_dir", Path("output/adapters") / (args.adapter_name or f"mistral_{args.agent}_v1"))
+    result = run_training(TrainConfig(**fields), log=_log)
+    return {"adapter_dir": str(result.adapter_dir), "published": result.published_ref, "summary": result.summary}
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    from agent_graph.contracts import get_spec
+    from modelstore import ModelStore
+
+    from .data import read_records
+    from .evaluate import compare
+    from .synthetic import generate
+
+    spec = get_spec(args.agent)
+    if args.eval_files:
+        records = read_records(spec, args.eval_files, args.n)
+    else:
+        from .data import Record
+
+        records = [Record(i, o, "synthetic", n) for n, (i, o) in enumerate(generate(args.agent, args.n, 1_000_000), 1)]
+    ref = args.adapter or f"{args.agent}/mistral_{args.agent}_v1@current"
+    return compare(ModelStore(args.store_root), args.agent, ref, records)
+
+
+def _defaults(args: argparse.Namespace) -> dict:
+    from modelstore import ModelStore
+
+    from .defaults import DEFAULT_AGENTS, train_default_adapters
+
+    done = train_default_adapters(ModelStore(args.store_root), agents=args.agents or DEFAULT_AGENTS, steps=args.steps,
+                                  threads=args.threads, progress=args.progress, force=args.force, log=_log)
+    return {"trained": done}
+
+
+def _synth(args: argparse.Namespace) -> dict:
+    from .synthetic import write_dataset
+
+    train, held = write_dataset(args.agent, args.out, args.n_train, args.n_eval, args.seed)
+    return {"train": str(train), "eval": str(held)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": _train, "eval-adapter": _eval, "defaults": _defaults, "synth": _synth}[args.command]
+    try:
+        out = handler(args)
+    except (DataError, ValidationError, LookupError) as exc:
+        _log(f"error: {exc}")
+        return 2
+    except TrainingError as exc:
+        _log(f"error: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    elif args.command == "eval-adapter":
+        print(f"{out['agent']}: adapter {out['adapter_score']:.3f} vs base {out['base']:.3f} on {out['n']} held-out records")
+    elif args.command == "defaults":
+        for rec in out["trained"]:
+            print(f"{rec['ref']}: trained in {rec['wall_time_s']} s, eval loss {rec['eval_loss']:.4f}")
+        if not out["trained"]:
+            print("every default agent already has a trained adapter")
+    else:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
