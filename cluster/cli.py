@@ -114,8 +114,20 @@ def cmd_plan(args) -> int:
     return 0
 
 
+TRAINING_COMMANDS = ("train", "eval-adapter", "defaults", "synth")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``justnews`` console script; returns the exit code."""
+    """Entry point of the ``justnews`` console script; returns the exit code.
+
+    ``justnews train|eval-adapter|defaults|synth ...`` are the training commands (``training.cli``),
+    imported only when asked for so the operator commands stay free of torch.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_COMMANDS:
+        from training.cli import main as training_main
+
+        return training_main(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -162,3 +162,11 @@ def test_demands_file_errors(tmp_path):
     with pytest.raises(cluster.DemandError, match="--store-root is needed"):
         load_demands(needs_store)
     assert isinstance(load_demands(MISTRAL_DEMANDS)[0], DeploymentDemand)
+
+
+def test_justnews_routes_training_commands_to_the_training_cli(capsys):
+    from cluster.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["eval-adapter", "--help"])
+    assert done.value.code == 0 and "--agent" in capsys.readouterr().out
