@@ -46,11 +46,16 @@ class AgentDeployment:
         embeddings: the embeddings deployment handle (embedding agents).
     """
 
-    def __init__(self, agent: str, map_path: str | None, strict: bool, llm: Any = None, embeddings: Any = None):
+    def __init__(self, agent: str, map_path: str | None, strict: bool, llm: Any = None, embeddings: Any = None,
+                 store_root: str | None = None):
+        from modelstore import ModelStore
+
         self._llm_handle, self._embed_handle = llm, embeddings
+        store = ModelStore(store_root)
         self._server = AgentServer(agent, load_agent_map(map_path), strict=strict,
                                    llm=self._generate if llm is not None else None,
-                                   embed=self._embed if embeddings is not None else None)
+                                   embed=self._embed if embeddings is not None else None,
+                                   pin=lambda ref: str(store.pin(ref)))
 
     async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._llm_handle.options(multiplexed_model_id=model_id).generate.remote(body)
@@ -68,7 +73,8 @@ class AgentDeployment:
 
 
 def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False, llm: Any = None,
-                embeddings: Any = None, settings: AgentDeploymentSettings | dict | None = None) -> Application:
+                embeddings: Any = None, settings: AgentDeploymentSettings | dict | None = None,
+                store_root: str | None = None) -> Application:
     """Bind the agent deployment of ``agent`` to the BaseLLM (or embeddings) application.
 
     Args:
@@ -78,9 +84,10 @@ def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False
         llm: the bound BaseLLM application (llm agents).
         embeddings: the bound embeddings application (embedding agents).
         settings: Serve options.
+        store_root: the ModelStore, where ``@current`` adapter refs are pinned per request.
     """
     settings = AgentDeploymentSettings.model_validate(settings or {})
     deployment = serve.deployment(
         AgentDeployment, name=deployment_name(agent), num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests, ray_actor_options=settings.ray_actor_options)
-    return deployment.bind(agent, map_path, strict, llm, embeddings)
+    return deployment.bind(agent, map_path, strict, llm, embeddings, store_root)

@@ -134,7 +134,8 @@ class AgentServer:
     """
 
     def __init__(self, name: str, agent_map: AgentMap, *, llm: LLMCall | None = None, embed: EmbedCall | None = None,
-                 strict: bool = False, metrics: AgentMetrics | None = None):
+                 strict: bool = False, metrics: AgentMetrics | None = None,
+                 pin: Callable[[str], str] | None = None):
         self.name = name
         self.map = agent_map
         self.entry = agent_map.entry(name)
@@ -146,6 +147,10 @@ class AgentServer:
         self._llm, self._embed = llm, embed
         self.strict = strict
         self.metrics = metrics or AgentMetrics()
+        # Pinning '@current' per request makes the multiplexed id name a concrete version: after
+        # `modelstore promote`, new requests ask the BaseLLM for the new version (loaded on demand,
+        # the old one aged out by its LRU) while requests already running finish on the old one.
+        self._pin = pin
 
     async def answer(self, body: Any, *, strict: bool = False) -> AgentResponse:
         """Validate ``body`` and answer it with the first step of the chain that yields a valid output.
@@ -208,7 +213,10 @@ class AgentServer:
             reply = await self._embed(inp.model_dump(mode="json"))
             return self.spec.validate_output(reply, inp), route.model_id
         body = generation_request(self.spec, inp, self.entry)
-        reply = await self._llm(route.multiplexed_model_id, body)
+        model_id = route.multiplexed_model_id
+        if model_id and self._pin is not None:
+            model_id = self._pin(model_id)  # a failure here (ref gone from the store) is a failed step
+        reply = await self._llm(model_id, body)
         usage.prompt_tokens += reply.get("prompt_tokens", 0)
         usage.completion_tokens += reply.get("completion_tokens", 0)
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens

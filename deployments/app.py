@@ -154,7 +154,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     agents = {name: build_agent(name, map_path=settings.map_path, strict=settings.strict,
                                 llm=llm if entry.kind == "llm" else None,
                                 embeddings=embeddings if entry.kind == "embedding" else None,
-                                settings=settings.agents)
+                                settings=settings.agents, store_root=str(store.root))
               for name, entry in sorted(served.items())}
     log.info("JustNews app: base %s, agents %s, strict=%s", base_ref, ", ".join(agents), settings.strict)
     return build_ingress(settings.ingress, map_path=settings.map_path, store_root=str(store.root), llm=llm,

@@ -121,3 +121,38 @@ def test_embedding_agent_uses_the_embeddings_deployment():
     reply = _answer(server)
     assert (reply.step, reply.answered_by) == ("base", "sentence-transformers/all-MiniLM-L6-v2")
     assert len(reply.output["vectors"]) == len(get_spec("scout").example.texts)
+
+
+def test_current_refs_are_pinned_per_request_so_a_promote_takes_effect_without_restart(store, tmp_path):
+    import shutil
+
+    calls: list[str] = []
+    text = _valid_text("critic")
+
+    async def llm(model_id: str, body: dict) -> dict:
+        calls.append(model_id)
+        return {"text": text, "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1,
+                "adapter": model_id or None, "base": BASE}
+
+    server = AgentServer("critic", load_agent_map(), llm=llm, pin=lambda ref: str(store.pin(ref)))
+    first = _answer(server)
+    assert calls == ["critic/mistral_critic_v1@seed-1"] and first.answered_by == calls[0]
+
+    src = shutil.copytree(store.adapter_path("critic/mistral_critic_v1@seed-1"), tmp_path / "v2",
+                          ignore=shutil.ignore_patterns("manifest.json"))
+    store.publish_adapter("critic", "mistral_critic_v1", src, "v2")  # promoted to current
+    second = _answer(server)
+    assert calls[-1] == "critic/mistral_critic_v1@v2" and second.answered_by == "critic/mistral_critic_v1@v2"
+    store.rollback("critic/mistral_critic_v1")
+    _answer(server)
+    assert calls[-1] == "critic/mistral_critic_v1@seed-1"
+
+
+def test_an_adapter_gone_from_the_store_falls_back_to_the_base(store):
+    import shutil
+
+    plan = {"": _valid_text("critic")}
+    server = AgentServer("critic", load_agent_map(), llm=_llm(plan), pin=lambda ref: str(store.pin(ref)))
+    shutil.rmtree(store.root / "critic")
+    result = _answer(server)
+    assert result.fallback and result.step == "base" and "NotFoundError" in result.failures[0].reason
