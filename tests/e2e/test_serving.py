@@ -182,3 +182,60 @@ def test_strict_mode_refuses_to_fall_back(cluster):
     error = reply.json()["error"]
     assert error["type"] == "agent_unavailable"
     assert BROKEN_ADAPTER in error["message"] and "strict" in error["message"]
+
+
+def test_hot_swap_under_load_loses_no_request_and_names_each_version(cluster, tmp_path):
+    """Promote two new adapter versions while a bounded load runs: no failure, no fallback, every
+    response names its version, and each caller sees versions only move forward (agents pin
+    ``@current`` when a request starts; the BaseLLM replica is never restarted)."""
+    import shutil
+    import threading
+    import time
+
+    from modelstore import ModelStore
+
+    store = ModelStore(cluster.store_root)
+    order = ["seed-1", "hot-2", "hot-3"]
+    sources = {}
+    for version, donor in zip(order[1:], ("journalist", "reasoning")):  # different weights, same base
+        sources[version] = shutil.copytree(store.adapter_path(f"{donor}/mistral_{donor}_v1@seed-1"),
+                                           tmp_path / version, ignore=shutil.ignore_patterns("manifest.json"))
+    body = get_spec("analyst").example.model_dump(mode="json")
+    seen: list[list[str]] = [[] for _ in range(3)]
+    errors: list[str] = []
+    done = threading.Event()
+
+    def caller(i: int) -> None:
+        with cluster.client() as client:
+            while not done.is_set() or len(seen[i]) < 3:
+                reply = client.post("/agents/analyst", json=body)
+                if reply.status_code != 200 or reply.json()["fallback"]:
+                    errors.append(reply.text)
+                    return
+                seen[i].append(reply.json()["answered_by"].split("@")[1])
+                if len(seen[i]) > 60:
+                    return
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for version in order[1:]:
+            while sum(map(len, seen)) < 3 * (order.index(version)) and not errors:
+                threading.Event().wait(0.2)
+            store.publish_adapter("analyst", "mistral_analyst_v1", sources[version], version)
+            deadline = time.monotonic() + 120
+            # the next swap only once a caller was answered by this version (requests started before
+            # the promote may still finish on the previous one)
+            while not any(version in calls for calls in seen) and not errors and time.monotonic() < deadline:
+                threading.Event().wait(0.2)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=300)
+    assert errors == []
+    for calls in seen:
+        ranks = [order.index(v) for v in calls]
+        assert ranks == sorted(ranks), calls  # a caller never goes back to an older version
+    assert {v for calls in seen for v in calls} == set(order)
+    assert all(calls[-1] == "hot-3" for calls in seen)
