@@ -121,9 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``justnews`` console script; returns the exit code.
 
     ``justnews train|eval-adapter|defaults|synth ...`` are the training commands (``training.cli``),
-    imported only when asked for so the operator commands stay free of torch.
+    imported only when asked for so the operator commands stay free of torch; ``justnews canary ...`` are
+    the rollout commands (``rollout.cli``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "canary":
+        from rollout.cli import main as canary_main
+
+        return canary_main(argv[1:])
     if argv and argv[0] in TRAINING_COMMANDS:
         from training.cli import main as training_main
 

@@ -49,13 +49,19 @@ class AgentDeployment:
     def __init__(self, agent: str, map_path: str | None, strict: bool, llm: Any = None, embeddings: Any = None,
                  store_root: str | None = None):
         from modelstore import ModelStore
+        from rollout import CanaryRouter
 
         self._llm_handle, self._embed_handle = llm, embeddings
         store = ModelStore(store_root)
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a replica (tests): any stable name will do
+            replica = f"local-{id(self):x}"
         self._server = AgentServer(agent, load_agent_map(map_path), strict=strict,
                                    llm=self._generate if llm is not None else None,
                                    embed=self._embed if embeddings is not None else None,
-                                   pin=lambda ref: str(store.pin(ref)))
+                                   pin=lambda ref: str(store.pin(ref)),
+                                   canary=CanaryRouter(store.root, f"{agent}-{replica}"))
 
     async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._llm_handle.options(multiplexed_model_id=model_id).generate.remote(body)
@@ -70,6 +76,12 @@ class AgentDeployment:
     async def stats(self) -> dict[str, Any]:
         """Request, fallback and failed-step totals (the same numbers as the ``justnews_agent_*`` metrics)."""
         return self._server.stats()
+
+    def __del__(self) -> None:
+        """On shutdown: write out the canary observations not yet flushed."""
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.flush()
 
 
 def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False, llm: Any = None,

@@ -13,6 +13,7 @@ it at once instead of being "answered" by a later step, and strict mode tries th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_graph import (AgentMap, AgentSpec, ContractError, Route, generation_request, get_spec, routes,
                          run_heuristic)
 from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, ServeError
+from rollout.router import CanaryRouter, Choice
 
 __all__ = ["AgentFailure", "AgentUsage", "AgentResponse", "AgentUnavailableError", "FallbackExhaustedError",
            "AgentMetrics", "AgentServer", "LLMCall", "EmbedCall", "is_caller_error"]
@@ -103,7 +105,27 @@ class AgentMetrics:
         self.latency = metrics.Histogram(
             "justnews_agent_latency_s", description="Seconds per agent request.",
             boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120], tag_keys=("agent",))
-        self.totals: dict[str, Counter] = {"requests": Counter(), "fallbacks": Counter(), "step_failures": Counter()}
+        self.model_latency = metrics.Histogram(
+            "justnews_agent_model_latency_s",
+            description="Seconds per model step (call and output validation) by adapter namespace, version, "
+                        "canary role (none, baseline, candidate, mirror) and outcome (ok, error, schema).",
+            boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+            tag_keys=("agent", "adapter", "version", "role", "outcome"))
+        self.schema_failures = metrics.Counter(
+            "justnews_agent_schema_failures",
+            description="Model replies that did not validate against the agent's output contract.",
+            tag_keys=("agent", "adapter", "version"))
+        self.totals: dict[str, Counter] = {"requests": Counter(), "fallbacks": Counter(), "step_failures": Counter(),
+                                           "schema_failures": Counter()}
+
+    def model_step(self, agent: str, model_id: str, role: str | None, seconds: float, outcome: str) -> None:
+        """One model call of a fallback step (``outcome``: ok, error or schema)."""
+        adapter, _, version = model_id.partition("@")
+        tags = {"agent": agent, "adapter": adapter, "version": version, "role": role or "none"}
+        self.model_latency.observe(seconds, tags={**tags, "outcome": outcome})
+        if outcome == "schema":
+            self.schema_failures.inc(tags={k: tags[k] for k in ("agent", "adapter", "version")})
+            self.totals["schema_failures"][model_id] += 1
 
     def step_failed(self, agent: str, step: str) -> None:
         self.step_failures.inc(tags={"agent": agent, "step": step})
@@ -135,7 +157,7 @@ class AgentServer:
 
     def __init__(self, name: str, agent_map: AgentMap, *, llm: LLMCall | None = None, embed: EmbedCall | None = None,
                  strict: bool = False, metrics: AgentMetrics | None = None,
-                 pin: Callable[[str], str] | None = None):
+                 pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None):
         self.name = name
         self.map = agent_map
         self.entry = agent_map.entry(name)
@@ -151,6 +173,10 @@ class AgentServer:
         # `modelstore promote`, new requests ask the BaseLLM for the new version (loaded on demand,
         # the old one aged out by its LRU) while requests already running finish on the old one.
         self._pin = pin
+        # A running canary of the adapter sends a share of the steps to its candidate version and records
+        # what each version did (rollout.router); the gate reads those records.
+        self._canary = canary
+        self._shadows: set[asyncio.Task] = set()
 
     async def answer(self, body: Any, *, strict: bool = False) -> AgentResponse:
         """Validate ``body`` and answer it with the first step of the chain that yields a valid output.
@@ -216,20 +242,67 @@ class AgentServer:
         model_id = route.multiplexed_model_id
         if model_id and self._pin is not None:
             model_id = self._pin(model_id)  # a failure here (ref gone from the store) is a failed step
+        choice = self._canary.choose(model_id) if self._canary is not None and route.step == "adapter" \
+            else Choice(model_id)
+        if choice.mirror_model_id is not None:
+            task = asyncio.get_running_loop().create_task(self._mirror(choice, body, inp))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+        started = time.monotonic()
+        try:
+            output, reply = await self._call(choice.model_id, body, inp, usage)
+        except Exception as exc:
+            if not is_caller_error(exc):
+                self._observe(choice, time.monotonic() - started, _outcome(exc))
+            raise
+        self._observe(choice, time.monotonic() - started, "ok")
+        return output, (reply.get("adapter") if route.step == "adapter" else None) or reply.get("base") or choice.model_id
+
+    async def _call(self, model_id: str, body: dict[str, Any], inp: BaseModel,
+                    usage: AgentUsage | None) -> tuple[BaseModel, dict[str, Any]]:
         reply = await self._llm(model_id, body)
-        usage.prompt_tokens += reply.get("prompt_tokens", 0)
-        usage.completion_tokens += reply.get("completion_tokens", 0)
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        if usage is not None:
+            usage.prompt_tokens += reply.get("prompt_tokens", 0)
+            usage.completion_tokens += reply.get("completion_tokens", 0)
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         if reply.get("finish_reason") == "length":
             raise ContractError(self.name, reply.get("text", ""),
                                 f"reply truncated at max_new_tokens ({body['max_new_tokens']})")
-        output = self.spec.parse(reply["text"], inp)
-        return output, (reply.get("adapter") if route.step == "adapter" else None) or reply.get("base") or route.model_id
+        return self.spec.parse(reply["text"], inp), reply
+
+    def _observe(self, choice: Choice, seconds: float, outcome: str, mirrored: bool = False) -> None:
+        model_id = choice.mirror_model_id if mirrored else choice.model_id
+        role = "mirror" if mirrored else choice.role
+        self.metrics.model_step(self.name, model_id or "none", role, seconds, outcome)
+        if self._canary is not None:
+            self._canary.record(choice, seconds, outcome, role="candidate" if mirrored else None, mirrored=mirrored)
+
+    async def _mirror(self, choice: Choice, body: dict[str, Any], inp: BaseModel) -> None:
+        """Send a baseline-routed step to the canary's candidate too; its answer is only measured."""
+        started = time.monotonic()
+        try:
+            await self._call(choice.mirror_model_id, body, inp, None)
+        except Exception as exc:  # noqa: BLE001 - a shadow call never reaches the caller
+            if not is_caller_error(exc):
+                self._observe(choice, time.monotonic() - started, _outcome(exc), mirrored=True)
+            return
+        self._observe(choice, time.monotonic() - started, "ok", mirrored=True)
+
+    def flush(self) -> None:
+        """Write out pending canary observations (on shutdown)."""
+        if self._canary is not None:
+            self._canary.flush()
 
     def stats(self) -> dict[str, Any]:
         """The agent's totals: requests by outcome and step, fallbacks, failed steps."""
         return {"agent": self.name, "strict": self.strict, "chain": [str(r) for r in routes(self.map, self.name)],
                 **self.metrics.snapshot()}
+
+
+def _outcome(exc: BaseException) -> str:
+    """``schema`` for a reply that broke the agent's contract, else ``error``."""
+    return "schema" if isinstance(exc, ContractError) or isinstance(getattr(exc, "cause", None), ContractError) \
+        else "error"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ fast with one message listing each problem), plans the BaseLLM deployment's reso
 VRAM metadata and the cluster's inventory, and binds:
 
     Ingress (FastAPI) -> Agent-<name> (one per served agent) -> BaseLLM (llm agents) | Embeddings (scout, memory)
+                      -> CanaryController (the canary gate; ``GET /canary``)
 
 BaseLLM options, in order of precedence (later wins):
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from deployments.agent import AgentDeploymentSettings, build_agent
+from deployments.canary_controller import CanarySettings, build_canary_controller
 from deployments.embeddings import EmbeddingSettings, build_embeddings
 from deployments.ingress import build_ingress
 from deployments.ingress_server import IngressSettings
@@ -59,6 +61,7 @@ class AppSettings(BaseModel):
     agents: AgentDeploymentSettings = Field(default_factory=AgentDeploymentSettings,
                                             description="Serve options of every agent deployment.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP ingress settings.")
+    canary: CanarySettings = Field(default_factory=CanarySettings, description="The in-cluster canary gate.")
 
 
 def plan_llm_options(store: Any, base_ref: str, inventory: str) -> dict[str, Any]:
@@ -157,5 +160,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
                                 settings=settings.agents, store_root=str(store.root))
               for name, entry in sorted(served.items())}
     log.info("JustNews app: base %s, agents %s, strict=%s", base_ref, ", ".join(agents), settings.strict)
+    canary = build_canary_controller(str(store.root), settings.canary)
     return build_ingress(settings.ingress, map_path=settings.map_path, store_root=str(store.root), llm=llm,
-                         agents=agents, embedding_model=EMBEDDING_MODEL if embeddings is not None else None)
+                         agents=agents, embedding_model=EMBEDDING_MODEL if embeddings is not None else None,
+                         canary=canary)

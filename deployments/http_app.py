@@ -104,6 +104,10 @@ def build_http_app(server: IngressServer) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return await server.health()
 
+    @app.get("/canary", tags=["ops"])
+    async def canary() -> dict[str, Any]:
+        return await server.canary()
+
     @app.get("/stats", tags=["ops"])
     async def stats() -> dict[str, Any]:
         return await server.stats()

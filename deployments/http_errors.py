@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from deployments.errors import InternalError, InvalidRequestError, OverloadedError, ServeError, error_body
 
-__all__ = ["UnauthorizedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "error_response",
+__all__ = ["UnauthorizedError", "NotServedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "error_response",
            "install_error_handlers", "validation_summary"]
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,13 @@ class ModelNotFoundError(ServeError, LookupError):
 
     status_code = 404
     error_type = "model_not_found"
+
+
+class NotServedError(ServeError, LookupError):
+    """The route's component is not part of this application (404)."""
+
+    status_code = 404
+    error_type = "not_served"
 
 
 class UnknownAgentError(ServeError, LookupError):

@@ -35,17 +35,18 @@ class IngressDeployment:
         llm: the BaseLLM deployment handle.
         agents: agent name -> agent deployment handle.
         embedding_model: the embeddings model name, listed by ``/v1/models``.
+        canary: the canary controller handle (``GET /canary``), or None.
     """
 
     def __init__(self, settings: dict[str, Any], map_path: str | None, store_root: str, llm: Any,
-                 agents: dict[str, Any], embedding_model: str | None = None):
+                 agents: dict[str, Any], embedding_model: str | None = None, canary: Any = None):
         from modelstore import ModelStore
 
-        self._llm_handle, self._agent_handles = llm, agents
+        self._llm_handle, self._agent_handles, self._canary_handle = llm, agents, canary
         self._server = IngressServer(
             IngressSettings.model_validate(settings), load_agent_map(map_path), ModelStore(store_root),
             llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
-            agent_stats=self._agent_stats)
+            agent_stats=self._agent_stats, canary_status=self._canary_status if canary is not None else None)
 
     def __serve_build_asgi_app__(self):  # noqa: N807 - Serve's hook name
         return build_http_app(self._server)
@@ -55,6 +56,9 @@ class IngressDeployment:
 
     async def _answer(self, agent: str, body: dict[str, Any], strict: bool) -> dict[str, Any]:
         return await self._agent_handles[agent].answer.remote(body, strict)
+
+    async def _canary_status(self) -> dict[str, Any]:
+        return await self._canary_handle.status.remote()
 
     async def _agent_stats(self) -> dict[str, Any]:
         names = sorted(self._agent_handles)
@@ -78,11 +82,12 @@ class IngressDeployment:
 
 
 def build_ingress(settings: IngressSettings | dict | None, *, map_path: str | None, store_root: str, llm: Application,
-                  agents: dict[str, Application], embedding_model: str | None = None) -> Application:
-    """Bind the ingress to the BaseLLM and agent applications."""
+                  agents: dict[str, Application], embedding_model: str | None = None,
+                  canary: Application | None = None) -> Application:
+    """Bind the ingress to the BaseLLM, agent and canary controller applications."""
     settings = IngressSettings.model_validate(settings or {})
     deployment = serve.deployment(
         IngressDeployment, name="Ingress", num_replicas=settings.num_replicas,
         # Serve must let requests through to the ingress' own limit, which answers 503 with a JSON body.
         max_ongoing_requests=settings.max_in_flight + 16, ray_actor_options=settings.ray_actor_options)
-    return deployment.bind(settings.model_dump(), map_path, store_root, llm, agents, embedding_model)
+    return deployment.bind(settings.model_dump(), map_path, store_root, llm, agents, embedding_model, canary)

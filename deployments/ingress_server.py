@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_graph import Answer, AgentMap, PipelineResult, Route, arun_pipeline, get_spec
 from deployments.agent_server import LLMCall
 from deployments.errors import OverloadedError
-from deployments.http_errors import UnauthorizedError, UnknownAgentError
+from deployments.http_errors import NotServedError, UnauthorizedError, UnknownAgentError
 from deployments.openai_api import generate_body, model_list, resolve_model
 from deployments.openai_protocol import ChatCompletionRequest, ModelList
 
@@ -69,13 +69,14 @@ class IngressServer:
 
     def __init__(self, settings: IngressSettings, agent_map: AgentMap, store: Any, *, llm: LLMCall, agent: AgentCall,
                  embedding_model: str | None = None, status: Callable[[], Awaitable[dict[str, str]]] | None = None,
-                 agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None):
+                 agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None):
         self.settings = settings
         self.map = agent_map
         self.store = store
         self._llm, self._agent = llm, agent
         self.embedding_model = embedding_model
-        self._status, self._agent_stats = status, agent_stats
+        self._status, self._agent_stats, self._canary_status = status, agent_stats, canary_status
         self.token = os.environ.get(settings.api_token_env) or None
         self.in_flight = 0
         self.rejected = 0
@@ -154,6 +155,16 @@ class IngressServer:
         deployments = await self._status() if self._status is not None else {}
         healthy = all(s == "HEALTHY" for s in deployments.values())
         return {"status": "ok" if healthy else "degraded", "deployments": deployments, "in_flight": self.in_flight}
+
+    async def canary(self) -> dict[str, Any]:
+        """``GET /canary``: every canary's state, per-version figures side by side, and decisions.
+
+        Raises:
+            NotServedError: the application was built without a canary controller (404).
+        """
+        if self._canary_status is None:
+            raise NotServedError("this application runs no canary controller")
+        return await self._canary_status()
 
     async def stats(self) -> dict[str, Any]:
         """``GET /stats``: ingress counters and every agent's request and fallback totals."""

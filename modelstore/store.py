@@ -370,14 +370,15 @@ class ModelStore:
         return ref.with_version(target)
 
     def gc(self, ref: ModelRef | str, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` versions; the current version is never deleted."""
+        """Delete all but the newest ``keep`` versions; the current version, and the two versions of a
+        running canary, are never deleted."""
         if keep < 1:
             raise ModelStoreError(f"keep ({keep}) must be >= 1")
         ref = parse_ref(ref)
         with self._lock():
             versions = self.versions(ref)
             current = self.current_version(ref)
-            keep_set = set(versions[-keep:]) | ({current} if current else set())
+            keep_set = set(versions[-keep:]) | ({current} if current else set()) | self._canary_versions(ref)
             removed = [v for v in versions if v not in keep_set]
             ns = self.namespace_dir(ref)
             for v in removed:
@@ -387,6 +388,18 @@ class ModelStore:
             if removed:
                 fsync_dir(ns / "versions")
         return removed
+
+    def _canary_versions(self, ref: ModelRef) -> set[str]:
+        """Versions a running canary of ``ref``'s namespace serves (``rollout.state`` writes the file)."""
+        if not isinstance(ref, AdapterRef):
+            return set()
+        try:
+            state = json.loads((self.root / ".canary" / ref.agent / ref.name / "state.json").read_text())
+        except (OSError, ValueError):
+            return set()
+        if state.get("status") != "running":
+            return set()
+        return {v for v in (state.get("baseline"), state.get("candidate")) if isinstance(v, str)}
 
     # ---------------------------------------------------------------- verification
     def verify(self, ref: ModelRef | str, *, dry_run: bool | None = None) -> VerifyReport:
