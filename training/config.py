@@ -53,6 +53,10 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(8, ge=1, le=1024, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    lora_plus_ratio: float = Field(
+        1.0, ge=1.0, le=64.0,
+        description="LoRA+: the learning rate of the LoRA B matrices is learning_rate times this (1: plain LoRA).")
+    adam_beta2: float = Field(0.999, gt=0.0, lt=1.0, description="AdamW's second-moment decay (lower adapts faster).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps; the rate then decays linearly to 10%.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     max_seq_len: int = Field(2048, ge=16, description="Longest prompt + answer in tokens; longer records are refused.")
@@ -88,7 +92,8 @@ class TrainConfig(BaseModel):
     def hyperparameters(self) -> dict:
         """The settings that shape the weights (what a resume must match and the summary records)."""
         keys = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps", "batch_size",
-                "grad_accum", "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "max_seq_len",
+                "grad_accum", "learning_rate", "lora_plus_ratio", "weight_decay", "adam_beta2", "warmup_steps",
+                "max_grad_norm", "max_seq_len",
                 "gradient_checkpointing", "share_prefix", "seed", "max_train_samples", "quantization", "precision"]
         return self.model_dump(mode="json", include=set(keys))
 

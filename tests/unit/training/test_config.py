@@ -31,6 +31,8 @@ def test_defaults_are_the_seed_plan_ones():
     ({"dry_run": True, "publish": True}, "dry_run and publish are exclusive"),
     ({"quantization": "nf4", "device": "cpu", "gradient_checkpointing": True}, "needs a CUDA device"),
     ({"unknown": 1}, "unknown"),
+    ({"lora_plus_ratio": 0.5}, "lora_plus_ratio"),
+    ({"adam_beta2": 1.0}, "adam_beta2"),
 ])
 def test_refuses_bad_values(overrides, needle):
     with pytest.raises(ValidationError, match=needle):

@@ -10,7 +10,7 @@ from agent_graph.contracts import get_spec
 from training.data import answer_text, read_records, shared_prefix_len, Encoded
 from training.errors import DataError
 from training.loss import IGNORE, collate
-from training.trainer import micro_batch
+from training.trainer import micro_batch, param_groups
 
 GOOD = {"input": {"query": "storm", "passages": ["storm city", "bridge data"]}, "output": {"scores": [1.0, 0.0]}}
 
@@ -74,3 +74,9 @@ def test_micro_batches_are_a_pure_function_and_cover_each_epoch():
     assert first == [micro_batch(m, 10, 5, seed=3) for m in range(4)]
     assert sorted(first[0] + first[1]) == list(range(10))
     assert first != [micro_batch(m, 10, 5, seed=4) for m in range(4)]
+
+
+def test_lora_plus_gives_only_the_b_matrices_the_higher_rate():
+    named = [("q_proj.lora_A.default.weight", "a"), ("q_proj.lora_B.default.weight", "b"), ("lm_head.lora_B.x", "h")]
+    assert param_groups(named, 1e-3, 1.0) == [{"params": ["a", "b", "h"]}]
+    assert param_groups(named, 1e-3, 8.0) == [{"params": ["a"]}, {"params": ["b", "h"], "lr": 8e-3}]
