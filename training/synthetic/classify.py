@@ -1,7 +1,9 @@
 """Synthetic classification tasks: the label is a simple, deterministic function of the words in the input.
 
-Inputs are a few words from a small vocabulary so that a rank-16 LoRA on the tiny random-init base learns
-each task in seconds; the label classes are balanced so a model that ignores the input scores near chance.
+Inputs are a few words from a small vocabulary, and each label follows from which words are present (a
+bag of words): a rank-16 LoRA on the tiny random-init base learns that in 200 steps, while comparing two
+spans (is the passage's topic the query's?) it does not learn in that budget. The label classes are
+balanced so a model that ignores the input scores near chance.
 """
 
 from __future__ import annotations
@@ -43,27 +45,27 @@ def analyst(rng: random.Random) -> tuple[AnalystInput, AnalystOutput]:
 
 
 def re_ranker(rng: random.Random) -> tuple[ReRankerInput, ReRankerOutput]:
-    """Two passages; a passage is relevant (1.0) when it names the query's topic, else 0.0."""
+    """One passage: relevant (1.0) when it shares the query's topic word, off-topic filler (0.0) otherwise.
+
+    The irrelevant passage names no topic at all, so overlap shows as a topic word in the passage; comparing
+    two different topic words is a task the tiny random-init base does not learn in a training budget of seconds.
+    """
     query = rng.choice(TOPICS)
-    passages, scores = [], []
-    for _ in range(2):
-        relevant = rng.random() < 0.5
-        topic = query if relevant else rng.choice([t for t in TOPICS if t != query])
-        passages.append(f"{topic} {rng.choice(_FILLER)}")
-        scores.append(1.0 if relevant else 0.0)
-    return ReRankerInput(query=query, passages=passages), ReRankerOutput(scores=scores)
+    relevant = rng.random() < 0.5
+    words = [query, rng.choice(_FILLER)] if relevant else [rng.choice(_FILLER), rng.choice(_FILLER)]
+    return ReRankerInput(query=query, passages=[" ".join(words)]), ReRankerOutput(scores=[1.0 if relevant else 0.0])
 
 
 def fact_checker(rng: random.Random) -> tuple[FactCheckerInput, FactCheckerOutput]:
-    """One claim; supported when the evidence states it, refuted when it states another object, else unverified."""
+    """One claim; supported when the evidence restates it, refuted when the evidence denies it, else unverified."""
     subject, verb, obj = rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(TOPICS)
     claim = f"{subject} {verb} {obj}"
-    kind = rng.choices(["supported", "refuted", "unverified"], weights=[2, 2, 1])[0]
+    kind = rng.choice(["supported", "refuted", "unverified"])
     if kind == "unverified":
         return FactCheckerInput(claims=[claim]), FactCheckerOutput(
             verdicts=[ClaimVerdict(verdict="unverified", evidence=[], confidence=0.5)])
-    shown = obj if kind == "supported" else rng.choice([t for t in TOPICS if t != obj])
-    return (FactCheckerInput(claims=[claim], evidence=[f"{subject} {verb} {shown}"]),
+    shown = claim if kind == "supported" else f"{subject} never {verb} {obj}"
+    return (FactCheckerInput(claims=[claim], evidence=[shown]),
             FactCheckerOutput(verdicts=[ClaimVerdict(verdict=kind, evidence=[0], confidence=0.9)]))
 
 
@@ -82,9 +84,14 @@ def critic(rng: random.Random) -> tuple[CriticInput, CriticOutput]:
 
 
 def chief_editor(rng: random.Random) -> tuple[ChiefEditorInput, object]:
-    """The critic's verdict and refuted claims decide (the ``editorial_rules`` heuristic is the label)."""
+    """The critic's verdict and refuted claims decide (the ``editorial_rules`` heuristic is the label).
+
+    Inputs are drawn so that publish, revise and reject are equally likely.
+    """
     topic = rng.choice(TOPICS)
-    inp = ChiefEditorInput(headline=topic, text=f"{topic} {rng.choice(_FILLER)}",
-                           critic_verdict=rng.choice(["pass", "revise", "reject"]),
-                           claims_refuted=rng.choice([0, 0, 1]))
+    decision = rng.choice(["publish", "revise", "reject"])
+    verdict, refuted = {"publish": ("pass", 0), "reject": ("reject", rng.choice([0, 1])),
+                        "revise": rng.choice([("revise", 0), ("pass", 1), ("revise", 1)])}[decision]
+    inp = ChiefEditorInput(headline=topic, text=f"{topic} {rng.choice(_FILLER)}", critic_verdict=verdict,
+                           claims_refuted=refuted)
     return inp, editorial_rules(inp)

@@ -1,8 +1,9 @@
-"""Trained adapters served in one mixed engine batch beat the bare base by a clear margin, every row's reply
-equals its reply alone, and rotating adapters between rows drops accuracy -- training and routing together.
+"""Trained adapters served in one mixed engine batch each reach the issue's held-out target (0.9) while the
+bare base stays far below it, every row's reply equals its reply alone, and swapping adapters between rows
+drops accuracy -- training and routing together.
 
-Training every default agent takes minutes on 2 cores (``bench/train_adapters.py`` does it), so this trains
-the agents whose tasks the tiny base learns fastest, once per session, on the seeded store.
+Training every default agent takes minutes on 2 cores (``bench/train_adapters.py`` does it and records each
+agent's score), so this trains two of them with the default settings, once per module, on the seeded store.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from training.data import read_records
 from training.defaults import train_default_adapters
 from training.evaluate import Row, accuracy, build_request, load_engine, score_rows
 
-AGENTS = ("critic", "chief_editor")
-STEPS = 120
-N = 16
-MARGIN = 0.3  # the issue's 0.9 target needs full training: bench/train_adapters.py records it
+AGENTS = ("re_ranker", "fact_checker")
+N = 32
+TARGET = 0.9  # the issue's held-out accuracy target for classification agents
+MARGIN = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def trained(seeded_store_root, tmp_path_factory):
     shutil.copytree(seeded_store_root, root, symlinks=True)
     store = ModelStore(root)
     work = tmp_path_factory.mktemp("work")
-    done = train_default_adapters(store, agents=AGENTS, steps=STEPS, threads=1, work_dir=work, progress=False)
+    done = train_default_adapters(store, agents=AGENTS, threads=1, work_dir=work, progress=False)
     held = {a: read_records(get_spec(a), [work / "data" / f"{a}.eval.jsonl"])[:N] for a in AGENTS}
     engine = load_engine(store)
     refs = {}
@@ -46,13 +47,13 @@ def _scores(engine, rows):
     return {a: accuracy([f for f, r in zip(flags, rows) if r.agent == a]) for a in AGENTS}
 
 
-def test_each_adapter_beats_the_bare_base_in_one_mixed_batch(trained):
+def test_each_adapter_reaches_its_target_in_one_mixed_batch(trained):
     store, engine, refs, held = trained
     rows = [Row.of(a, held[a][i], refs[a]) for i in range(N) for a in AGENTS]  # interleaved agents
     scores = _scores(engine, rows)
     bare = _scores(engine, [Row.of(a, held[a][i], None) for i in range(N) for a in AGENTS])
-    assert all(scores[a] >= bare[a] + MARGIN for a in AGENTS), (bare, scores)
-    assert store.current_version(refs["critic"].split("@")[0]) == "trained-1"
+    assert all(scores[a] >= TARGET and bare[a] <= TARGET - MARGIN for a in AGENTS), (bare, scores)
+    assert store.current_version(refs[AGENTS[0]].split("@")[0]) == "trained-1"
 
 
 def test_rows_are_routed_to_their_own_adapter(trained):
@@ -68,4 +69,4 @@ def test_swapping_adapters_between_rows_drops_accuracy(trained):
     swap = dict(zip(AGENTS, reversed(AGENTS)))
     right = _scores(engine, [Row.of(a, held[a][i], refs[a]) for i in range(N) for a in AGENTS])
     swapped = _scores(engine, [Row.of(a, held[a][i], refs[swap[a]]) for i in range(N) for a in AGENTS])
-    assert sum(swapped.values()) < sum(right.values()) - MARGIN, (swapped, right)
+    assert all(swapped[a] <= right[a] - MARGIN for a in AGENTS), (swapped, right)
