@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from modelstore.refs import AdapterRef, BaseRef, ModelRef, parse_ref
+from modelstore.refs import CURRENT, AdapterRef, BaseRef, ModelRef, parse_ref
 
 from deployments.engine import AdapterLoader
 from deployments.errors import (
@@ -32,6 +32,7 @@ from deployments.errors import (
     AdapterNotFoundError,
     InvalidRequestError,
     OverloadedError,
+    is_oom,
     to_serve_error,
 )
 from deployments.metrics import INVALID_TAG, LLMMetrics
@@ -90,7 +91,7 @@ class AdapterPool:
     """
 
     def __init__(self, store: Any, engine: Any, base_ref: BaseRef, metrics: LLMMetrics, *, verify: bool = True,
-                 capacity_timeout_s: float = 60.0):
+                 capacity_timeout_s: float = 60.0, variant: str = "unknown"):
         self._store = store
         self._engine = engine
         self._base_ref = base_ref
@@ -101,6 +102,8 @@ class AdapterPool:
         self._slots: dict[str, _Slot] = {}
         self._unloading: dict[str, asyncio.Task] = {}
         self._freed = asyncio.Condition()
+        self._variant = variant
+        self._served: dict[str, str] = {}  # adapter namespace -> the version last loaded (hot-swap detection)
         self.loads: Counter[str] = Counter()  # successful acquires per model id (what Serve calls a load)
         self.evictions: Counter[str] = Counter()
 
@@ -124,6 +127,7 @@ class AdapterPool:
         """
         started = time.monotonic()
         tag = INVALID_TAG
+        ref: ModelRef | None = None
         try:
             ref = parse_ref(model_id)
             tag = str(ref)
@@ -134,6 +138,12 @@ class AdapterPool:
                 type(error), "load_error"
             )
             self._metrics.adapter_load_failed(tag, reason)
+            if is_oom(exc):
+                self._metrics.oom(self._variant, "adapter_load")
+            if isinstance(ref, AdapterRef) and ref.version != CURRENT:
+                previous = self._served.get(ref.namespace)
+                if previous is not None and previous != ref.version:
+                    self._metrics.hotswap_failed(ref.namespace, ref.version, reason)
             if error is exc:
                 raise
             raise error from exc
@@ -167,6 +177,10 @@ class AdapterPool:
         if slot is None:
             await self._load(name, pinned, resolved)
             slot = self._slots.setdefault(name, _Slot())
+            previous = self._served.get(pinned.namespace)
+            if previous is not None and previous != pinned.version:
+                self._metrics.adapter_swapped(pinned.namespace, pinned.version)
+            self._served[pinned.namespace] = pinned.version
         slot.holders += 1
         return AdapterHandle(model_id, pinned, self)
 

@@ -100,9 +100,15 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def llm_settings(settings: AppSettings, store: Any, base_ref: str) -> BaseLLMSettings:
-    """The BaseLLM settings: defaults, then the plan, then explicit ``llm`` args (see the module docstring)."""
+def llm_settings(settings: AppSettings, store: Any, base_ref: str,
+                 preload: list[str] | None = None) -> BaseLLMSettings:
+    """The BaseLLM settings: defaults, then the plan, then explicit ``llm`` args (see the module docstring).
+
+    ``preload`` (the map's adapters) becomes ``preload_adapters`` unless the ``llm`` args set it.
+    """
     planned = plan_llm_options(store, base_ref, settings.inventory)
+    if preload:
+        planned["preload_adapters"] = list(preload)
     if "num_replicas" in settings.llm:
         planned.pop("autoscaling_config", None)
     merged = _merge(planned, settings.llm)
@@ -143,7 +149,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """
     settings = AppSettings.model_validate(unflatten_args(dict(args or {})))
     store, agent_map, base_ref = _check_store(settings)
-    llm_cfg = llm_settings(settings, store, base_ref)
+    adapters = sorted({ref for e in agent_map.agents.values() if e.kind == "llm" and e.served
+                       for ref in [e.adapter, *(e.task_adapters or {}).values()] if ref})
+    llm_cfg = llm_settings(settings, store, base_ref, preload=adapters)
     over = {n: e.max_new_tokens for n, e in agent_map.agents.items()
             if e.kind == "llm" and e.max_new_tokens > llm_cfg.engine.max_new_tokens_limit}
     if over:

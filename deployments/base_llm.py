@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.adapters import AdapterHandle
-from deployments.errors import InternalError, InvalidRequestError, ServeError, error_body
+from deployments.errors import AdapterNotFoundError, InternalError, InvalidRequestError, ServeError, error_body
 from deployments.protocol import BASE_MODEL_IDS
 from deployments.replica_budget import ReplicaBudget
 from deployments.server import BaseLLMServer
@@ -39,6 +39,8 @@ from deployments.settings import BaseLLMSettings, RuntimeConfig, unflatten_args
 __all__ = ["BaseLLMDeployment", "build_base_llm", "app_builder"]
 
 log = logging.getLogger(__name__)
+
+GAUGE_REFRESH_S = 4.0
 
 # Where @serve.multiplexed caches its LRU wrapper on the instance (ray/serve/api.py, `multiplexed`).
 _MUX_ATTR = "__serve_multiplex_wrapper"
@@ -57,6 +59,37 @@ class BaseLLMDeployment:
         replica_id = serve.get_replica_context().replica_id.unique_id
         self._server = BaseLLMServer(self._settings, replica_id=replica_id)
         self._mux_limit = self._settings.runtime.max_num_models_per_replica
+        loop = asyncio.get_running_loop()
+        self._preload_task = loop.create_task(self._preload()) if self._settings.preload_adapters else None
+        self._gauge_task = loop.create_task(self._export_gauges())
+
+    async def _export_gauges(self) -> None:
+        # Ray 2.60 reports a gauge only if it was set since the previous report (every 10 s by default),
+        # so an idle replica would drop out of Prometheus; refresh them well within that.
+        while True:
+            try:
+                self._server.export_gauges()
+                self._budget.sample()  # memory gauges
+            except Exception:  # noqa: BLE001 - metrics must never take the replica down
+                log.exception("exporting gauges failed")
+            await asyncio.sleep(GAUGE_REFRESH_S)
+
+    async def _preload(self) -> None:
+        """Load the configured adapters through the multiplexer (so Serve routes their requests here)."""
+        from modelstore.errors import NotFoundError
+
+        wanted = self._settings.preload_adapters[: self._mux_limit]
+        if len(wanted) < len(self._settings.preload_adapters):
+            log.warning("preloading %d of %d adapters: max_num_models_per_replica is %d", len(wanted),
+                        len(self._settings.preload_adapters), self._mux_limit)
+        for ref in wanted:
+            try:
+                pinned = str(await asyncio.to_thread(self._server.store.pin, ref))
+                await self.get_model(pinned)
+            except Exception as exc:  # noqa: BLE001 - a replica serves without the adapter; say so and count it
+                reason = "not_found" if isinstance(exc, (NotFoundError, AdapterNotFoundError)) else "load_error"
+                log.warning("preloading adapter %s failed (%s): %s", ref, reason, exc)
+                self._server.metrics.preload_failed(ref, reason)
 
     async def get_model(self, model_id: str) -> AdapterHandle:
         """Load the adapter ``model_id`` names (the builder wraps this in ``serve.multiplexed``)."""

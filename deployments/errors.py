@@ -99,6 +99,8 @@ def to_serve_error(exc: BaseException) -> ServeError:
     from deployments.engine import errors as engine_errors
 
     message = str(exc) or type(exc).__name__
+    if is_oom(exc):  # retryable: another replica, or this one once the batch drained, may have the memory
+        return OverloadedError(f"out of memory: {message.splitlines()[0][:300]}")
     table: list[tuple[type[BaseException], type[ServeError]]] = [
         (store_errors.RefError, InvalidRequestError),
         (store_errors.NotFoundError, AdapterNotFoundError),
@@ -115,6 +117,14 @@ def to_serve_error(exc: BaseException) -> ServeError:
         if isinstance(exc, source):
             return target(message)
     return InternalError(f"{type(exc).__name__}: {message}")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error: torch's (CUDA or other accelerators) or the host's MemoryError."""
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type))
 
 
 def error_body(exc: ServeError) -> dict[str, Any]:

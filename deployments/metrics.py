@@ -26,6 +26,17 @@ _BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 _ADAPTER_COUNTS = [1, 2, 3, 4, 6, 8, 12, 16, 32]
 
 
+def _zero(counter: Any, tags: dict[str, str]) -> None:
+    # Ray's public Counter.inc refuses 0; recording a zero point is how a labelled counter is initialised.
+    try:
+        from ray.serve.metrics import _add_serve_context_tag_values
+
+        _add_serve_context_tag_values(counter._tag_keys, tags)
+        counter._record(0, tags=tags)
+    except Exception:  # noqa: BLE001 - best effort: without it the series appears at the first event
+        pass
+
+
 class LLMMetrics:
     """Counters, gauges and histograms of one replica, prefixed ``justnews_llm_``."""
 
@@ -73,7 +84,31 @@ class LLMMetrics:
             boundaries=_LATENCY_S,
             tag_keys=("adapter", "outcome"),
         )
+        self.preload_failures = metrics.Counter(
+            p + "preload_failures", description="Adapters a replica could not preload at start, by reason.",
+            tag_keys=("adapter", "reason"))
+        self.adapter_swaps = metrics.Counter(
+            p + "adapter_swaps",
+            description="Hot swaps: a version of an adapter loaded where another version of it had served.",
+            tag_keys=("adapter", "version"))
+        self.hotswap_failures = metrics.Counter(
+            p + "hotswap_failures", description="Hot swaps whose new version failed to load, by reason.",
+            tag_keys=("adapter", "version", "reason"))
+        self.oom_events = metrics.Counter(
+            p + "oom_events", description="Out-of-memory errors while generating or loading an adapter.",
+            tag_keys=("variant", "where"))
+        self.pool_free_slots = metrics.Gauge(
+            p + "pool_free_slots", description="Requests this replica can still take (max_ongoing_requests minus "
+            "in flight), by base variant; summed per variant it is the pool's headroom.", tag_keys=("variant",))
+        self.pool_rejections = metrics.Counter(
+            p + "pool_rejections", description="Requests refused because the replica's pool was out of capacity "
+            "(overloaded, adapter capacity, OOM), by base variant.", tag_keys=("variant", "reason"))
         self.totals: dict[str, Any] = {
+            "preload_failures": _Tally(),
+            "adapter_swaps": _Tally(),
+            "hotswap_failures": _Tally(),
+            "oom_events": _Tally(),
+            "pool_rejections": _Tally(),
             "adapter_loads": _Tally(),
             "adapter_load_failures": _Tally(),
             "adapter_evictions": _Tally(),
@@ -89,6 +124,37 @@ class LLMMetrics:
     def adapter_load_failed(self, adapter: str, reason: str) -> None:
         self.adapter_load_failures.inc(tags={"adapter": adapter, "reason": reason})
         self.totals["adapter_load_failures"][f"{adapter}:{reason}"] += 1
+
+    def declare(self, variant: str) -> None:
+        """Export zero-valued series of the rare events the alert rules watch (OOM, pool rejections), so
+        Prometheus' ``increase()`` sees their first occurrence, and the pool's full headroom."""
+        for where in ("generate", "adapter_load"):
+            _zero(self.oom_events, {"variant": variant, "where": where})
+        for reason in ("oom", "overloaded"):
+            _zero(self.pool_rejections, {"variant": variant, "reason": reason})
+
+    def preload_failed(self, adapter: str, reason: str) -> None:
+        self.preload_failures.inc(tags={"adapter": adapter, "reason": reason})
+        self.totals["preload_failures"][f"{adapter}:{reason}"] += 1
+
+    def adapter_swapped(self, namespace: str, version: str) -> None:
+        self.adapter_swaps.inc(tags={"adapter": namespace, "version": version})
+        self.totals["adapter_swaps"][f"{namespace}@{version}"] += 1
+
+    def hotswap_failed(self, namespace: str, version: str, reason: str) -> None:
+        self.hotswap_failures.inc(tags={"adapter": namespace, "version": version, "reason": reason})
+        self.totals["hotswap_failures"][f"{namespace}@{version}:{reason}"] += 1
+
+    def oom(self, variant: str, where: str) -> None:
+        self.oom_events.inc(tags={"variant": variant, "where": where})
+        self.totals["oom_events"][f"{variant}:{where}"] += 1
+
+    def pool_rejected(self, variant: str, reason: str) -> None:
+        self.pool_rejections.inc(tags={"variant": variant, "reason": reason})
+        self.totals["pool_rejections"][f"{variant}:{reason}"] += 1
+
+    def set_free_slots(self, variant: str, free: int) -> None:
+        self.pool_free_slots.set(max(0, free), tags={"variant": variant})
 
     def adapter_evicted(self, adapter: str) -> None:
         self.adapter_evictions.inc(tags={"adapter": adapter})

@@ -25,6 +25,16 @@ __all__ = ["ReplicaBudget"]
 log = logging.getLogger(__name__)
 
 
+def memory_gauges(metrics: Any) -> tuple[Any, Any, Any]:
+    """The replica's memory gauges (peak, current, budget), built with ``metrics`` (``ray.serve.metrics``)."""
+    return (
+        metrics.Gauge("justnews_llm_memory_peak_mb", description="Peak memory of the replica, MiB "
+                      "(CUDA allocator + context on a GPU, process RSS on the CPU)."),
+        metrics.Gauge("justnews_llm_memory_current_mb", description="Current memory of the replica, MiB."),
+        metrics.Gauge("justnews_llm_memory_budget_mb", description="The budget the replica enforces, MiB."),
+    )
+
+
 def _gpu_placement() -> tuple[float | None, float | None]:
     """(key, total MiB) of the GPU Ray gave this replica, from Ray's view (works for logical GPUs)."""
     try:
@@ -79,12 +89,7 @@ class ReplicaBudget:
         if not ray.is_initialized():  # creating a Ray metric would start a local Ray instance
             return
         if self._gauges is None:
-            self._gauges = (
-                metrics.Gauge("justnews_llm_memory_peak_mb", description="Peak memory of the replica, MiB "
-                              "(CUDA allocator + context on a GPU, process RSS on the CPU)."),
-                metrics.Gauge("justnews_llm_memory_current_mb", description="Current memory of the replica, MiB."),
-                metrics.Gauge("justnews_llm_memory_budget_mb", description="The budget the replica enforces, MiB."),
-            )
+            self._gauges = memory_gauges(metrics)
         self._gauges[0].set(peak_mb)
         self._gauges[1].set(current_mb)
         if self.budget_mb is not None:

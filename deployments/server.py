@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from deployments.adapters import AdapterHandle, AdapterPool
 from deployments.batcher import BatcherClosed, BatchRecord, MixedBatcher
 from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
-from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, to_serve_error
+from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error
 from deployments.metrics import BASE_TAG, LLMMetrics
 from deployments.protocol import GenerateRequest, GenerateResponse
 from deployments.settings import BaseLLMSettings, RuntimeConfig, check_runtime_fits
@@ -64,7 +64,10 @@ class BaseLLMServer:
         self.engine = InferenceEngine(loaded.model, loaded.tokenizer, settings.engine)
         self.metrics = LLMMetrics()
         self.adapters = AdapterPool(self.store, self.engine, self.base_ref, self.metrics,
-                                    verify=settings.verify_adapters)
+                                    verify=settings.verify_adapters, variant=self.variant)
+        self.in_flight = 0
+        self.metrics.declare(self.variant)
+        self.metrics.set_free_slots(self.variant, settings.max_ongoing_requests)
         self.runtime = settings.runtime
         self.batcher: MixedBatcher[GenerationRequest, GenerationResult] = MixedBatcher(
             self._run_batch,
@@ -97,6 +100,7 @@ class BaseLLMServer:
         """
         started = time.monotonic()
         tag = adapter.name if adapter is not None and adapter.name else BASE_TAG
+        self._track(+1)
         try:
             request = self._to_engine_request(body, adapter)
             self.adapters.begin_use(adapter)
@@ -108,9 +112,13 @@ class BaseLLMServer:
         except Exception as exc:
             error = self._serve_error(exc)
             self.metrics.request_done(tag, time.monotonic() - started, error.error_type)
+            if isinstance(error, OverloadedError):
+                self.metrics.pool_rejected(self.variant, "oom" if is_oom(exc) else error.error_type)
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            self._track(-1)
         self.metrics.request_done(tag, time.monotonic() - started, "ok", result.prompt_tokens,
                                   result.completion_tokens)
         return GenerateResponse(
@@ -124,6 +132,16 @@ class BaseLLMServer:
             replica_id=self.replica_id,
             request_id=request.request_id,
         )
+
+    def export_gauges(self) -> None:
+        """Set every gauge again: Ray exports a gauge only when it was set since its last report."""
+        self.metrics.set_resident(len(self.adapters.resident()))
+        self.metrics.set_queue_depth(self.batcher.queued)
+        self.metrics.set_free_slots(self.variant, self.settings.max_ongoing_requests - self.in_flight)
+
+    def _track(self, delta: int) -> None:
+        self.in_flight += delta
+        self.metrics.set_free_slots(self.variant, self.settings.max_ongoing_requests - self.in_flight)
 
     def _to_engine_request(self, body: GenerateRequest | dict, adapter: AdapterHandle | None) -> GenerationRequest:
         req = body if isinstance(body, GenerateRequest) else GenerateRequest.model_validate(body)
@@ -151,7 +169,11 @@ class BaseLLMServer:
         """Runs in the batcher's worker thread: one engine call for the whole mixed batch."""
         try:
             return self.engine.generate(items)
-        except EngineError as exc:
+        except Exception as exc:
+            if is_oom(exc):
+                self._after_oom(len(items))
+            elif not isinstance(exc, EngineError):
+                raise
             if len(items) == 1:
                 return [exc]
             # The engine checks every row before any compute and fails the whole call for one bad row;
@@ -162,8 +184,19 @@ class BaseLLMServer:
                 try:
                     results.append(self.engine.generate([item])[0])
                 except Exception as row_exc:
+                    if is_oom(row_exc):
+                        self._after_oom(1)
                     results.append(row_exc)
             return results
+
+    def _after_oom(self, rows: int) -> None:
+        """Count an out-of-memory error and give the cached blocks back before the rows are retried alone."""
+        log.warning("out of memory generating a batch of %d on %s (%s)", rows, self.variant, self.settings.device)
+        self.metrics.oom(self.variant, "generate")
+        if self.settings.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
     def _on_batch(self, record: BatchRecord) -> None:
         self.metrics.batch_done(record.size, record.distinct_keys, record.seconds)

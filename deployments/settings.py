@@ -58,6 +58,10 @@ class BaseLLMSettings(BaseModel):
     verify_adapters: bool = Field(
         True, description="Recompute an adapter's checksums before loading it (refuses corrupt publishes)."
     )
+    preload_adapters: list[str] = Field(
+        default_factory=list, description="Adapter refs each replica loads at start, through the multiplexer "
+        "(``@current`` pinned then); at most runtime.max_num_models_per_replica. A failure is logged and counted "
+        "(justnews_llm_preload_failures), and the replica serves anyway.")
     deployment_name: str = Field("BaseLLM", min_length=1, description="Serve deployment name.")
     num_replicas: int = Field(1, ge=1, description="Replicas of the deployment, each with its own base copy.")
     autoscaling_config: dict[str, Any] | None = Field(

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-secret-token"
 MAX_IN_FLIGHT = 12
 BROKEN_ADAPTER = "synthesizer/mistral_broken_v1@v1"
+TRUNCATED_TOKENS = 12
 STARTUP_TIMEOUT_S = 240
 
 
@@ -39,6 +41,13 @@ class Cluster:
     token: str
     store_root: Path
     log: Path
+    ray_tmp: Path
+
+    @property
+    def metrics_url(self) -> str:
+        """The Prometheus endpoint of the cluster's (one) node metrics agent."""
+        [port_file] = self.ray_tmp.glob("ray/session_latest/metrics_export_port_*")  # Ray adds "ray/"
+        return f"http://127.0.0.1:{port_file.read_text().strip()}/metrics"
 
     def client(self, **kwargs) -> httpx.Client:
         """An HTTP client with the bearer token."""
@@ -76,6 +85,9 @@ def _write_map(directory: Path) -> Path:
     source = default_map_path()
     data = json.loads(source.read_text())
     data["agents"]["synthesizer"]["task_adapters"] = {"summary": BROKEN_ADAPTER}
+    # Too few tokens for any reasoning reply: every model step breaks the contract (schema failures,
+    # counted for the monitoring test) and the legacy heuristic answers.
+    data["agents"]["reasoning"]["max_new_tokens"] = TRUNCATED_TOKENS
     path = directory / source.name
     path.write_text(json.dumps(data, indent=2))
     shutil.copy(source.with_name(RECOMMENDED_FILE), directory / RECOMMENDED_FILE)
@@ -88,6 +100,7 @@ def _write_config(path: Path, port: int, store_root: Path, map_path: Path) -> No
     args = config["applications"][0]["args"]
     args.update(store_root=str(store_root), map_path=str(map_path), llm={"num_replicas": 1})
     args["ingress"]["max_in_flight"] = MAX_IN_FLIGHT
+    args["canary"] = {"interval_s": 1}  # the gate ticks every second (the rollout tests use short windows)
     path.write_text(yaml.safe_dump(config))
 
 
@@ -125,19 +138,23 @@ def cluster(tmp_path_factory) -> Cluster:
     port = _free_port()
     config = work / "serve_config.yaml"
     _write_config(config, port, store_root, _write_map(map_dir))
+    # Its own Ray temp dir (short: Ray's socket paths must fit 107 bytes) tells the test where the metrics
+    # agent listens. (Not RAY_metrics_report_interval_ms: with it set, Ray 2.60 stops exporting gauges.)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="jn-ray-", dir="/tmp"))
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "JUSTNEWS_API_TOKEN": TOKEN}
+           "TOKENIZERS_PARALLELISM": "false", "JUSTNEWS_API_TOKEN": TOKEN, "RAY_TMPDIR": str(ray_tmp)}
     serve_cli = Path(sys.executable).with_name("serve")
     log = work / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(serve_cli), "run", str(config)], cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = Cluster(url=f"http://127.0.0.1:{port}", token=TOKEN, store_root=store_root, log=log)
+    cluster = Cluster(url=f"http://127.0.0.1:{port}", token=TOKEN, store_root=store_root, log=log, ray_tmp=ray_tmp)
     try:
         _wait_healthy(cluster, proc)
         yield cluster
     finally:
         _stop(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _wait_healthy(cluster: Cluster, proc: subprocess.Popen) -> None:
