@@ -91,13 +91,31 @@ class AdapterRegistry:
 
     @property
     def model(self) -> Any:
-        """The module to call: the PeftModel once any adapter was loaded, else the bare base."""
-        return self._peft if self._peft is not None else self._base
+        """The module to call: the PeftModel while any adapter is loaded, else the bare base.
+
+        With every adapter unloaded the PeftModel cannot run a forward at all (PEFT looks its active adapter
+        up in an empty config), while the base, whose LoRA layers are left empty, computes exactly the base.
+        """
+        return self._peft if self.wrapped else self._base
 
     @property
     def wrapped(self) -> bool:
-        """True once the base carries LoRA layers; every forward must then pass ``adapter_names``."""
-        return self._peft is not None
+        """True while the base carries at least one adapter; every forward must then pass ``adapter_names``."""
+        return self._peft is not None and bool(self._peft.peft_config)
+
+    def _repair_active(self) -> None:
+        """Point PEFT's active adapter at one that exists (called under the model lock).
+
+        PEFT leaves ``PeftModel.active_adapter`` naming a deleted adapter when the active one is deleted
+        and the LoRA layers end up with other than exactly one active adapter, and then every forward fails
+        with a KeyError. Routing here never relies on PEFT's active adapter (rows name theirs, or the
+        gathered hooks apply them), so any resident one will do.
+        """
+        names = list(self._peft.peft_config)
+        if names and self._peft.active_adapter not in names:
+            self._peft.set_adapter(names[0])
+            if self._gathered is not None:
+                self._gathered.install(self._peft)  # set_adapter must not switch PEFT's own path back on
 
     def load(self, name: str, path: Path) -> None:
         """Load adapter ``name`` from ``path``; a no-op when it is already resident from that path."""
@@ -139,6 +157,7 @@ class AdapterRegistry:
                 self._peft = PeftModel(self._base, config, adapter_name=slot)
                 self._peft.eval()
             self._peft.load_adapter(str(path), adapter_name=slot, is_trainable=False)
+            self._repair_active()
         except Exception as exc:
             self._drop_failed(slot)
             raise AdapterLoadError(f"adapter {name!r} from {str(path)!r} does not load into the base: {exc}") from exc
@@ -154,6 +173,7 @@ class AdapterRegistry:
     def _drop_failed(self, slot: str) -> None:
         if self._peft is not None and slot in self._peft.peft_config:
             self._peft.delete_adapter(slot)  # drop the half-injected layers of a failed load
+            self._repair_active()
 
     def unload(self, name: str) -> None:
         """Unload ``name`` now, or as soon as the last running batch that uses it ends.
@@ -176,6 +196,7 @@ class AdapterRegistry:
             # PEFT warns when the deleted adapter was its "active" one; routing here never uses that notion.
             warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
             self._peft.delete_adapter(slot)
+            self._repair_active()
         with self._lock:
             self.unloads += 1
             self._plan_cache = None

@@ -141,3 +141,24 @@ def test_ignore_eos_generates_exactly_max_new_tokens(engine, tokenizer, ignore_e
     out = engine.generate([GenerationRequest(
         prompt=prompt, params=SamplingParams(max_new_tokens=6, ignore_eos=ignore_eos))])[0]
     assert (out.completion_tokens, out.finish_reason) == (expected_tokens, finish)
+
+
+@pytest.mark.parametrize("lora_kernel", ["gathered", "peft"])
+def test_unloading_every_adapter_leaves_the_base_serving_and_a_reload_works(base_model, tokenizer, adapter_dirs,
+                                                                            lora_kernel):
+    """Evictions can unload every adapter (PEFT then names a deleted adapter as active, and its forward
+    fails with a KeyError); the base must keep answering exactly as before any load, in any unload order."""
+    engine = InferenceEngine(base_model, tokenizer, EngineConfig(lora_kernel=lora_kernel))
+    base_before = engine.generate([greedy(tokenizer, PROMPTS[0], None)])[0].text
+    names = list(adapter_dirs)
+    for name in names:
+        engine.load_adapter(name, adapter_dirs[name])
+    solo = {n: engine.generate([greedy(tokenizer, PROMPTS[0], n)])[0].text for n in names}
+    for name in [names[1], names[0], names[2]]:  # the first-loaded (PEFT's active) one is not the last
+        engine.unload_adapter(name)
+        rest = [n for n in names if engine.is_loaded(n)]
+        out = engine.generate([greedy(tokenizer, PROMPTS[0], n) for n in [*rest, None]])
+        assert [r.text for r in out] == [*(solo[n] for n in rest), base_before]
+    engine.load_adapter(names[2], adapter_dirs[names[2]])
+    again = engine.generate([greedy(tokenizer, PROMPTS[0], n) for n in (names[2], None)])
+    assert [r.text for r in again] == [solo[names[2]], base_before]
