@@ -5,7 +5,7 @@ adapters rotated between agents -- the negative control that shows routing matte
 
 Writes ``bench/results/train_adapters/results.{json,csv}`` and prints a Markdown table for RESULTS.md.
 
-    .venv/bin/python bench/train_adapters.py [--agents analyst critic] [--steps N] [--threads 1]
+    .venv/bin/python bench/train_adapters.py [--agents analyst critic] [--steps N] [--threads 1] [--workers 2]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main() -> int:
     ap.add_argument("--agents", nargs="+", default=list(DEFAULT_AGENTS))
     ap.add_argument("--steps", type=int)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="train in this many worker processes at once (one thread each), as scripts/run.sh does")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/train_adapters")
     args = ap.parse_args()
 
@@ -41,8 +43,10 @@ def main() -> int:
         store = ModelStore(Path(tmp) / "store")
         seed_default_store(store, adapters=False)
         work = Path(tmp) / "work"
+        started = time.monotonic()
         trained = train_default_adapters(store, agents=args.agents, steps=args.steps, threads=args.threads,
-                                         work_dir=work, log=lambda m: print(m, file=sys.stderr))
+                                         work_dir=work, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
+        train_wall = time.monotonic() - started
         engine = load_engine(store, max_batch_size=256)
         rows, held = [], {}
         for rec in trained:
@@ -62,8 +66,9 @@ def main() -> int:
         mixed_s = time.monotonic() - started
         swapped_acc = accuracy(score_rows(engine, rotated, batch_size=len(rotated)))
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"agents": rows, "mixed_batch": {"rows": len(mixed), "accuracy": mixed_acc, "seconds": round(mixed_s, 1),
-                                               "swapped_accuracy": swapped_acc}}
+    summary = {"workers": args.workers, "training_wall_s": round(train_wall, 1), "agents": rows,
+               "mixed_batch": {"rows": len(mixed), "accuracy": mixed_acc, "seconds": round(mixed_s, 1),
+                               "swapped_accuracy": swapped_acc}}
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (args.out / "results.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["agent", "n", "base", "adapter", "wall_time_s", "eval_loss", "ref"])
@@ -74,7 +79,9 @@ def main() -> int:
     for r in rows:
         metric = "exact match" if r["agent"] in ("synthesizer", "journalist", "reasoning") else "accuracy"
         print(f"| {r['agent']} | {metric} | {r['base']:.2f} | {r['adapter']:.2f} | {r['wall_time_s']} |")
-    print(f"\nmixed batch of {len(mixed)} rows: accuracy {mixed_acc:.2f}; adapters rotated: {swapped_acc:.2f}")
+    print(f"\ntraining wall time {train_wall:.0f} s ({args.workers} worker(s)); "
+          f"sum of per-agent times {sum(r['wall_time_s'] for r in rows):.0f} s")
+    print(f"mixed batch of {len(mixed)} rows: accuracy {mixed_acc:.2f}; adapters rotated: {swapped_acc:.2f}")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("defaults", help="train + publish the embedded default's missing trained adapters")
     d.add_argument("--agents", nargs="+")
     d.add_argument("--steps", type=int, help="override the per-agent step counts")
-    d.add_argument("--threads", type=int)
+    d.add_argument("--threads", type=int, help="torch threads when training in-process (--workers 1)")
+    d.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="agents trained at once, in worker processes of one thread each (default: CPU count)")
     d.add_argument("--store-root", type=Path)
     d.add_argument("--force", action="store_true", help="retrain and replace already published trained versions")
     d.add_argument("--no-progress", dest="progress", action="store_false")
@@ -131,7 +134,8 @@ def _defaults(args: argparse.Namespace) -> dict:
     from .defaults import DEFAULT_AGENTS, train_default_adapters
 
     done = train_default_adapters(ModelStore(args.store_root), agents=args.agents or DEFAULT_AGENTS, steps=args.steps,
-                                  threads=args.threads, progress=args.progress, force=args.force, log=_log)
+                                  threads=args.threads, progress=args.progress, force=args.force, workers=args.workers,
+                                  log=_log)
     return {"trained": done}
 
 

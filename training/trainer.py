@@ -102,11 +102,13 @@ def _eval_loss(model: Any, examples: list[Encoded], prefix: list[int], pad_id: i
 
 
 def run_training(cfg: TrainConfig, *, store: Any = None, log: Callable[[str], None] = lambda _m: None,
-                 interrupt_after: int | None = None) -> TrainResult:
+                 interrupt_after: int | None = None, log_every: int = 0) -> TrainResult:
     """Train one adapter as ``cfg`` says; publish it when ``cfg.publish``.
 
     Args:
         interrupt_after: stop with a checkpoint after this step, as a killed run would (tests of resume).
+        log_every: also ``log`` the step and loss every this many steps (progress where a bar cannot
+            show, e.g. several runs in parallel processes); 0: never.
 
     Raises:
         DataError: a record is invalid (file and line named); nothing was trained.
@@ -182,6 +184,8 @@ def run_training(cfg: TrainConfig, *, store: Any = None, log: Callable[[str], No
         losses.append(round(step_loss, 6))
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        if log_every and step % log_every == 0 and step < total:
+            log(f"{cfg.agent}: step {step}/{total}, loss {step_loss:.4f}")
         if cfg.save_every and step % cfg.save_every == 0 and step < total:
             save_checkpoint(out_dir, model, optimizer, step, cfg.fingerprint(), digest, losses)
         if interrupt_after is not None and step >= interrupt_after:

@@ -3,7 +3,8 @@ bare base stays far below it, every row's reply equals its reply alone, and swap
 drops accuracy -- training and routing together.
 
 Training every default agent takes minutes on 2 cores (``bench/train_adapters.py`` does it and records each
-agent's score), so this trains two of them with the default settings, once per module, on the seeded store.
+agent's score), so this trains two of them with the default settings, once per module, on the seeded store,
+in two worker processes as ``scripts/run.sh`` does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from training.data import read_records
 from training.defaults import train_default_adapters
 from training.evaluate import Row, accuracy, build_request, load_engine, score_rows
 
-AGENTS = ("re_ranker", "fact_checker")
+AGENTS = ("critic", "chief_editor")
 N = 32
 TARGET = 0.9  # the issue's held-out accuracy target for classification agents
 MARGIN = 0.3
@@ -31,7 +32,11 @@ def trained(seeded_store_root, tmp_path_factory):
     shutil.copytree(seeded_store_root, root, symlinks=True)
     store = ModelStore(root)
     work = tmp_path_factory.mktemp("work")
-    done = train_default_adapters(store, agents=AGENTS, threads=1, work_dir=work, progress=False)
+    lines = []
+    done = train_default_adapters(store, agents=AGENTS, workers=2, work_dir=work, log=lines.append)
+    assert [r["agent"] for r in done] == list(AGENTS)
+    assert any("2 worker processes" in m for m in lines) and sum("published" in m for m in lines) == len(AGENTS)
+    assert train_default_adapters(store, agents=AGENTS, workers=2) == []  # idempotent: nothing left to train
     held = {a: read_records(get_spec(a), [work / "data" / f"{a}.eval.jsonl"])[:N] for a in AGENTS}
     engine = load_engine(store)
     refs = {}
