@@ -3,6 +3,12 @@
 Schemas compile to compact JSON (``any_whitespace=False``, separators ``,`` and ``:``): a model cannot
 pad the output with whitespace until it runs out of tokens, and the text parses with ``json.loads`` as is.
 
+xgrammar 0.2.9's token mask can also leave out a token its own ``accept_token`` accepts (seen on the
+tiny tokenizer: the key token ``conclusion`` after ``}],"`` in the reasoning agent's schema), after which
+greedy decoding spells the key in pieces and derails. So before masking, each constrained row's favourite
+token is checked with ``accept_token`` and ``rollback``; when the grammar accepts it, it stays allowed. The
+grammar's own verdict decides, so nothing outside the schema is ever let through.
+
 Tokens holding a raw control character (bytes 0x00-0x1f) are also banned in constrained rows: xgrammar
 0.2.9 lets length-limited strings (``maxLength``) contain them, which ``json.loads`` rejects, and compact
 JSON never needs one outside a string (inside, the escapes ``\n``, ``\u0013`` ... remain allowed).
@@ -81,7 +87,15 @@ class RowConstraint:
     """The grammar state of one constrained row."""
 
     def __init__(self, compiled: xgr.CompiledGrammar):
-        self.matcher = xgr.GrammarMatcher(compiled)
+        self.matcher = xgr.GrammarMatcher(compiled, max_rollback_tokens=1)
+        self.rescued = 0  # tokens the mask left out but the grammar accepts (see the module docstring)
+
+    def allows(self, token_id: int) -> bool:
+        """Ask the grammar itself whether ``token_id`` may come next (leaves the state unchanged)."""
+        if self.matcher.is_terminated() or not self.matcher.accept_token(token_id):
+            return False
+        self.matcher.rollback(1)
+        return True
 
     def accept(self, token_id: int) -> None:
         """Advance the grammar by the chosen token (chosen under the mask, so it always fits)."""
@@ -92,6 +106,12 @@ class RowConstraint:
     def done(self) -> bool:
         """True once the grammar has accepted its stop token: the JSON value is complete."""
         return self.matcher.is_terminated()
+
+
+def _bit(position: int) -> int:
+    """``1 << position`` as the signed 32-bit value xgrammar's int32 bitmask holds."""
+    value = 1 << position
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 class BatchMasker:
@@ -106,8 +126,13 @@ class BatchMasker:
         """Mask ``logits`` in place for the given ``{batch index: constraint}`` rows."""
         if not rows:
             return
-        for index, constraint in rows.items():
+        favourites = logits[list(rows)].argmax(dim=-1).tolist()
+        for (index, constraint), token in zip(rows.items(), favourites):
             constraint.matcher.fill_next_token_bitmask(self.bitmask, index)
+            word, bit = divmod(token, 32)
+            if token < self.vocab_size and not (int(self.bitmask[index, word]) >> bit) & 1 and constraint.allows(token):
+                self.bitmask[index, word] |= _bit(bit)
+                constraint.rescued += 1
         xgr.apply_token_bitmask_inplace(
             logits, self.bitmask.to(logits.device), vocab_size=self.vocab_size, indices=list(rows)
         )

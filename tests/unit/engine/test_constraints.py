@@ -69,3 +69,30 @@ def test_constrained_row_hitting_max_new_tokens_is_length(loaded_engine, tokeniz
     result = loaded_engine.generate([request])[0]
     assert (result.finish_reason, result.completion_tokens) == ("length", 3)
     assert result.text.startswith("{")
+
+
+def test_a_token_the_grammar_accepts_is_never_masked_out(tokenizer):
+    """xgrammar 0.2.9's mask leaves out the key token ``conclusion`` after ``}],"`` in the reasoning
+    agent's schema although its matcher accepts it; the masker asks the grammar about each row's favourite
+    token, so a model that wants exactly the valid reply gets it, token by token."""
+    import torch
+
+    from agent_graph import get_spec, load_agent_map, run_heuristic
+    from deployments.engine.constraints import BatchMasker, GrammarCache, RowConstraint
+
+    spec = get_spec("reasoning")
+    inp = spec.example
+    reply = spec.validate_output(run_heuristic(load_agent_map().legacy["reasoning"].target, inp), inp)
+    text = json.dumps(reply.model_dump(mode="json"), separators=(",", ":"))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    cache = GrammarCache(tokenizer, len(tokenizer))
+    row = RowConstraint(cache.get(spec.json_schema(inp)))
+    masker = BatchMasker(1, len(tokenizer), cache.banned_ids)
+    chosen = []
+    for token in ids:
+        logits = torch.zeros((1, len(tokenizer)))
+        logits[0, token] = 10.0  # the model wants the valid reply's next token
+        masker.apply(logits, {0: row})
+        chosen.append(int(logits[0].argmax()))
+        row.accept(chosen[-1])
+    assert tokenizer.decode(chosen) == text  # with the mask alone, `conclusion` came out in pieces
