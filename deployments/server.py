@@ -67,7 +67,7 @@ class BaseLLMServer:
                                     verify=settings.verify_adapters, variant=self.variant)
         self.in_flight = 0
         self.metrics.declare(self.variant)
-        self.metrics.set_free_slots(self.variant, settings.max_ongoing_requests)
+        self._export_free_slots()
         self.runtime = settings.runtime
         self.batcher: MixedBatcher[GenerationRequest, GenerationResult] = MixedBatcher(
             self._run_batch,
@@ -137,10 +137,13 @@ class BaseLLMServer:
         """Set every gauge again: Ray exports a gauge only when it was set since its last report."""
         self.metrics.set_resident(len(self.adapters.resident()))
         self.metrics.set_queue_depth(self.batcher.queued)
-        self.metrics.set_free_slots(self.variant, self.settings.max_ongoing_requests - self.in_flight)
+        self._export_free_slots()
 
     def _track(self, delta: int) -> None:
         self.in_flight += delta
+        self._export_free_slots()
+
+    def _export_free_slots(self) -> None:
         self.metrics.set_free_slots(self.variant, self.settings.max_ongoing_requests - self.in_flight)
 
     def _to_engine_request(self, body: GenerateRequest | dict, adapter: AdapterHandle | None) -> GenerationRequest:

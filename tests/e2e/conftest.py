@@ -25,6 +25,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.store_helpers import corrupt_weights, publish_copy
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-secret-token"
 MAX_IN_FLIGHT = 12
@@ -63,19 +65,13 @@ def _free_port() -> int:
 
 def _seed_store(root: Path, scratch: Path) -> None:
     from modelstore import ModelStore
-    from modelstore.seed import BASE_VERSION, adapter_ref, seed_default_store
+    from modelstore.seed import adapter_ref, seed_default_store
 
     store = ModelStore(root)
     seed_default_store(store)
-    source = store.adapter_path(adapter_ref("synthesizer"))
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy(source / name, scratch / name)
-    agent, rest = BROKEN_ADAPTER.split("/")
-    name, version = rest.split("@")
-    store.publish_adapter(agent, name, scratch, version, base_ref=f"base_models@{BASE_VERSION}")
-    weights = store.adapter_path(BROKEN_ADAPTER) / "adapter_model.safetensors"
-    os.chmod(weights, 0o644)
-    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: only the checksum tells
+    target, version = BROKEN_ADAPTER.split("@")
+    publish_copy(store, adapter_ref("synthesizer"), target, version, scratch)
+    corrupt_weights(store, BROKEN_ADAPTER)
 
 
 def _write_map(directory: Path) -> Path:

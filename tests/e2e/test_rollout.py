@@ -4,7 +4,6 @@ controller deciding, and a multi-adapter agent swapping one task adapter without
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent_graph import get_spec
+from tests.store_helpers import corrupt_weights, publish_copy
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -47,10 +47,6 @@ class Load:
             t.join(timeout=120)
 
 
-def _copy_version(store, ref: str, dest: Path) -> Path:
-    return shutil.copytree(store.adapter_path(ref), dest, ignore=shutil.ignore_patterns("manifest.json"))
-
-
 def _justnews(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("justnews")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
@@ -78,13 +74,9 @@ def test_the_canary_gate_promotes_a_good_candidate_and_rolls_back_a_failing_one(
 
     store = ModelStore(cluster.store_root)
     baseline = store.current_version(NS + "@current")
-    store.publish_adapter(AGENT, "mistral_chief_editor_v1", _copy_version(store, f"{NS}@{baseline}", tmp_path / "g"),
-                          "canary-good", promote=False)  # same weights: same answers, same latency
-    store.publish_adapter(AGENT, "mistral_chief_editor_v1", _copy_version(store, f"{NS}@{baseline}", tmp_path / "b"),
-                          "canary-bad", promote=False)
-    weights = store.adapter_path(f"{NS}@canary-bad") / "adapter_model.safetensors"
-    os.chmod(weights, 0o644)
-    weights.write_bytes(b"\0" * weights.stat().st_size)  # corrupt on disk: every load of it fails
+    publish_copy(store, f"{NS}@{baseline}", NS, "canary-good", tmp_path, promote=False)  # same weights and latency
+    publish_copy(store, f"{NS}@{baseline}", NS, "canary-bad", tmp_path, promote=False)
+    corrupt_weights(store, f"{NS}@canary-bad")  # corrupt on disk: every load of it fails
     body = get_spec(AGENT).example.model_dump(mode="json")
     # Short windows and few requests keep the test quick; the p95 bound is doubled because the two versions
     # share two busy CI cores with the load generator (the unit tests hold the default bounds to account).
@@ -150,14 +142,10 @@ def test_prometheus_shows_every_rollout_and_pool_metric_with_its_labels(cluster,
     journalist = get_spec("journalist").example.model_dump(mode="json")
     with cluster.client() as client:
         assert client.post("/agents/journalist", json=journalist).json()["step"] == "adapter"
-        store.publish_adapter("journalist", "mistral_journalist_v1",
-                              _copy_version(store, f"{ns}@seed-1", tmp_path / "s2"), "swap-2")  # hot swap
+        publish_copy(store, f"{ns}@seed-1", ns, "swap-2", tmp_path)  # hot swap
         assert client.post("/agents/journalist", json=journalist).json()["answered_by"] == f"{ns}@swap-2"
-        store.publish_adapter("journalist", "mistral_journalist_v1",
-                              _copy_version(store, f"{ns}@seed-1", tmp_path / "s3"), "swap-3")
-        weights = store.adapter_path(f"{ns}@swap-3") / "adapter_model.safetensors"
-        os.chmod(weights, 0o644)
-        weights.write_bytes(b"\0" * weights.stat().st_size)  # a hot swap that fails
+        publish_copy(store, f"{ns}@seed-1", ns, "swap-3", tmp_path)
+        corrupt_weights(store, f"{ns}@swap-3")  # a hot swap that fails
         failed = client.post("/agents/journalist", json=journalist).json()
         assert failed["fallback"] and "swap-3" in failed["failures"][0]["reason"]
         store.rollback(ns)  # back to swap-2 for whoever comes next

@@ -7,8 +7,6 @@ because only then does a change of ``user_config`` alone reach the running repli
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ DEPLOYMENT = "BaseLLM"
 INITIAL_RUNTIME = {"max_batch_size": 8, "batch_wait_timeout_s": 0.3, "max_num_models_per_replica": 4}
 
 
+from tests.store_helpers import corrupt_weights, publish_copy
 from tests.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 
 
@@ -31,21 +30,15 @@ from tests.waiting import wait_for  # noqa: F401  (re-exported to the tests)
 def model_store(tmp_path_factory) -> Path:
     """A store seeded with the tiny base, four agents' adapters and one adapter corrupted after publishing."""
     from modelstore import ModelStore
-    from modelstore.seed import BASE_VERSION, adapter_ref, seed_default_store
+    from modelstore.seed import adapter_ref, seed_default_store
 
     root = tmp_path_factory.mktemp("model_store")
     store = ModelStore(root)
     seed_default_store(store, agents=AGENTS)
     staged = tmp_path_factory.mktemp("broken_adapter")
-    source = store.adapter_path(adapter_ref("critic"))
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy(source / name, staged / name)
-    agent, rest = BROKEN_ADAPTER.split("/")
-    name, version = rest.split("@")
-    store.publish_adapter(agent, name, staged, version, base_ref=f"base_models@{BASE_VERSION}")
-    weights = store.adapter_path(BROKEN_ADAPTER) / "adapter_model.safetensors"
-    os.chmod(weights, 0o644)
-    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: only the checksum tells
+    target, version = BROKEN_ADAPTER.split("@")
+    publish_copy(store, adapter_ref("critic"), target, version, staged)
+    corrupt_weights(store, BROKEN_ADAPTER)
     return root
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import pytest
 
@@ -14,6 +13,7 @@ from cluster.cli import main as justnews
 from deployments.agent_server import AgentServer
 from rollout import CanaryBounds, CanaryController, CanaryError, CanaryRouter, CanaryState, judge
 from rollout.state import CanaryBook, RoleStats, VersionFigures, figures, percentile
+from tests.store_helpers import publish_copy
 
 NS = "critic/mistral_critic_v1"
 
@@ -29,9 +29,7 @@ class Clock:
 @pytest.fixture
 def candidate(store, tmp_path):
     """Publish ``v2`` of the critic adapter (same weights as seed-1), not promoted."""
-    src = shutil.copytree(store.adapter_path(f"{NS}@seed-1"), tmp_path / "v2",
-                          ignore=shutil.ignore_patterns("manifest.json"))
-    store.publish_adapter("critic", "mistral_critic_v1", src, "v2", promote=False)
+    publish_copy(store, f"{NS}@seed-1", NS, "v2", tmp_path, promote=False)
     assert store.current_version(NS + "@current") == "seed-1"
     return "v2"
 
@@ -188,9 +186,7 @@ def test_a_promote_outside_the_canary_ends_it(store, candidate, tmp_path):
     [d] = ctl.tick()
     assert d.action == "promote" and "already points" in d.reason
     ctl.start(NS, "seed-1")  # baseline is now v2
-    src = shutil.copytree(store.adapter_path(f"{NS}@seed-1"), tmp_path / "v3",
-                          ignore=shutil.ignore_patterns("manifest.json"))
-    store.publish_adapter("critic", "mistral_critic_v1", src, "v3")  # promoted by someone else
+    publish_copy(store, f"{NS}@seed-1", NS, "v3", tmp_path)  # promoted by someone else
     [d] = ctl.tick()
     assert d.action == "abort" and "v3" in d.reason
     assert ctl.book.load(NS).status == "aborted"
@@ -198,9 +194,7 @@ def test_a_promote_outside_the_canary_ends_it(store, candidate, tmp_path):
 
 def test_gc_keeps_the_versions_of_a_running_canary(store, candidate, tmp_path):
     CanaryController(store).start(NS, candidate)
-    src = shutil.copytree(store.adapter_path(f"{NS}@seed-1"), tmp_path / "v3",
-                          ignore=shutil.ignore_patterns("manifest.json"))
-    store.publish_adapter("critic", "mistral_critic_v1", src, "v3", promote=False)
+    publish_copy(store, f"{NS}@seed-1", NS, "v3", tmp_path, promote=False)
     assert store.gc(NS + "@current", keep=1) == []
     CanaryController(store).rollback(NS)
     assert store.gc(NS + "@current", keep=1) == [candidate]

@@ -4,8 +4,6 @@ memory while generating, and pool rejections -- each answered correctly and coun
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import torch
 from deployments.errors import AdapterLoadFailedError, OverloadedError
 from deployments.server import BaseLLMServer
 from deployments.settings import BaseLLMSettings
+from tests.store_helpers import corrupt_weights, publish_copy
 
 NS = "critic/mistral_critic_v1"
 BODY = {"prompt": "[INST] Judge the draft [/INST]", "max_new_tokens": 3}
@@ -24,13 +23,9 @@ def server(store):
 
 
 def _publish(store, tmp_path, version: str, corrupt: bool = False) -> None:
-    src = shutil.copytree(store.adapter_path(f"{NS}@seed-1"), tmp_path / version,
-                          ignore=shutil.ignore_patterns("manifest.json"))
-    store.publish_adapter("critic", "mistral_critic_v1", src, version)
+    publish_copy(store, f"{NS}@seed-1", NS, version, tmp_path)
     if corrupt:
-        weights = store.adapter_path(f"{NS}@{version}") / "adapter_model.safetensors"
-        os.chmod(weights, 0o644)
-        weights.write_bytes(b"\0" * weights.stat().st_size)
+        corrupt_weights(store, f"{NS}@{version}")
 
 
 def test_a_new_version_loaded_where_another_served_is_a_hot_swap_and_a_failed_one_is_counted(server, store, tmp_path):

@@ -17,6 +17,7 @@ from agent_graph.schema import RECOMMENDED_FILE
 from deployments.agent_server import AgentServer
 from deployments.server import BaseLLMServer
 from deployments.settings import BaseLLMSettings
+from tests.store_helpers import publish_copy
 
 SUMMARY, SYNTHESIS = "synthesizer/mistral_summary_v1", "synthesizer/mistral_synthesis_v1"
 
@@ -32,9 +33,7 @@ def _task_router_map(tmp_path):
 
 
 def _publish(store, tmp_path, name: str, version: str) -> None:
-    src = shutil.copytree(store.adapter_path("synthesizer/mistral_synthesizer_v1@seed-1"), tmp_path / f"{name}-{version}",
-                          ignore=shutil.ignore_patterns("manifest.json"))
-    store.publish_adapter("synthesizer", name, src, version)
+    publish_copy(store, "synthesizer/mistral_synthesizer_v1@seed-1", f"synthesizer/{name}", version, tmp_path)
 
 
 def test_swapping_one_task_adapter_leaves_the_other_task_alone(store, tmp_path):
