@@ -3,7 +3,9 @@
 * ``justnews plan``      -- print the placement plan for an inventory, and emit it as serve_config.yaml;
 * ``justnews preflight`` -- host readiness checks, one PASS/FAIL line each (:mod:`cluster.preflight`);
 * ``justnews kuberay``   -- a KubeRay RayService manifest embedding serve_config.yaml (:mod:`cluster.rayservice`);
-* ``justnews launcher``  -- a ``ray up`` config for GPU VMs / hosts (:mod:`cluster.vm_launcher`).
+* ``justnews launcher``  -- a ``ray up`` config for GPU VMs / hosts (:mod:`cluster.vm_launcher`);
+* ``justnews train|eval-adapter|defaults|synth`` -- adapter training (:mod:`training.cli`);
+* ``justnews canary``    -- canary rollouts of adapter versions (:mod:`rollout.cli`).
 
 Examples::
 
@@ -37,7 +39,19 @@ from .policy import PlacementPolicy, load_policy
 from .render import DEFAULT_IMPORT_PATH, format_plan, serve_config, write_serve_config
 from .subcommands import add_operator_commands
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "TRAINING_COMMANDS", "DISPATCHED_COMMANDS"]
+
+TRAINING_COMMANDS = ("train", "eval-adapter", "defaults", "synth")
+# Commands with parsers of their own (training.cli imports torch, rollout.cli the store), imported only when
+# asked for so the operator commands stay light; their one-line help is repeated here for `justnews --help`
+# (tests/unit/ops/test_cli_help.py checks it against those parsers).
+DISPATCHED_COMMANDS = {
+    "train": "train one LoRA adapter from JSONL {input, output} records (justnews train --help)",
+    "eval-adapter": "held-out score of an adapter against the bare base",
+    "defaults": "train + publish the embedded default's missing trained adapters (what scripts/run.sh does)",
+    "synth": "write a synthetic train / held-out dataset for an agent",
+    "canary": "canary rollouts of an adapter version: start, status, rollback, promote, gate",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
     add_operator_commands(sub, policy_from_args=_policy)
+    for name, text in DISPATCHED_COMMANDS.items():  # listed for --help; main() hands them on before parsing
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -114,7 +130,6 @@ def cmd_plan(args) -> int:
     return 0
 
 
-TRAINING_COMMANDS = ("train", "eval-adapter", "defaults", "synth")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
