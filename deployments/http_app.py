@@ -1,6 +1,7 @@
 """The FastAPI app of the ingress: routes, typed per-agent bodies, guards and JSON errors.
 
-Routes (every one behind the optional bearer token):
+Routes (behind the bearer tokens of :mod:`deployments.ingress_auth` when any is set; ``/stats``, ``/canary`` and
+``/hitl/...`` need the admin token):
 
 * ``POST /agents/{agent}``: the agent's input model in, ``AgentResponse`` with its output model out;
   ``?strict=true`` forbids falling back for this request.
@@ -31,6 +32,12 @@ from deployments.openai_protocol import ChatCompletionRequest, ChatCompletionRes
 __all__ = ["build_http_app", "agent_response_model"]
 
 _UNGUARDED_BY_LIMIT = {"/healthz"}  # probes must answer even when the ingress is saturated
+
+
+def _app_path(request: Request) -> str:
+    """The path inside the application (without Serve's route prefix), which decides the token's scope."""
+    path, root = request.scope.get("path", "/"), request.scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 def agent_response_model(agent: str) -> type[AgentResponse]:
@@ -68,7 +75,7 @@ def build_http_app(server: IngressServer) -> FastAPI:
     @app.middleware("http")
     async def guards(request: Request, call_next):  # noqa: ANN001 - Starlette's signature
         try:
-            server.authorize(request.headers.get("authorization"))
+            server.authorize(request.headers.get("authorization"), _app_path(request))
             if request.url.path in _UNGUARDED_BY_LIMIT:
                 return await call_next(request)
             with server.admit():

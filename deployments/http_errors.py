@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from deployments.errors import InternalError, InvalidRequestError, OverloadedError, ServeError, error_body
 
-__all__ = ["UnauthorizedError", "NotServedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "error_response",
+__all__ = ["UnauthorizedError", "ForbiddenError", "NotServedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "error_response",
            "install_error_handlers", "validation_summary"]
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,13 @@ class UnauthorizedError(ServeError):
 
     status_code = 401
     error_type = "unauthorized"
+
+
+class ForbiddenError(ServeError):
+    """The bearer token is valid but not for this route: an API token on an admin route (403)."""
+
+    status_code = 403
+    error_type = "forbidden"
 
 
 class ModelNotFoundError(ServeError, LookupError):
@@ -76,7 +83,7 @@ def as_serve_error(exc: BaseException) -> ServeError:
 
 
 def error_response(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
-    """The JSON response of an error; 503 carries ``Retry-After``, 401 ``WWW-Authenticate``."""
+    """The JSON response of an error; 503 carries ``Retry-After``, 401 and 403 ``WWW-Authenticate``."""
     error = as_serve_error(exc)
     if error.status_code >= 500 and error.status_code != 503:
         log.error("request failed: %s", exc)
@@ -92,6 +99,8 @@ def error_response(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
         headers["Retry-After"] = str(retry_after_s)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if error.status_code == 403:
+        headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 

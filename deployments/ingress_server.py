@@ -1,15 +1,14 @@
 """IngressServer: what the HTTP routes do, as a plain class over injected calls. No Serve, no FastAPI.
 
-It holds the ingress' own guards (optional bearer token, in-flight limit) and turns each route into calls
-on the agent and BaseLLM deployments; ``deployments/http_app.py`` maps routes onto it and
-``deployments/ingress.py`` wires it to Serve handles.
+It holds the ingress' own guards (bearer tokens in two scopes, :mod:`deployments.ingress_auth`; the in-flight
+limit) and turns each route into calls on the agent and BaseLLM deployments; ``deployments/http_app.py`` maps
+routes onto it and ``deployments/ingress.py`` wires it to Serve handles. It refuses to be built without tokens
+when the HTTP proxy binds anything but loopback.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 from contextlib import contextmanager
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -18,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_graph import Answer, AgentMap, PipelineResult, Route, arun_pipeline, get_spec
 from deployments.agent_server import LLMCall
 from deployments.errors import OverloadedError
-from deployments.http_errors import NotServedError, UnauthorizedError, UnknownAgentError
+from deployments.http_errors import NotServedError, UnknownAgentError
+from deployments.ingress_auth import TokenGuard, scope_of
 from deployments.openai_api import generate_body, model_list, resolve_model
 from deployments.openai_protocol import ChatCompletionRequest, ModelList
 
@@ -38,8 +38,16 @@ class IngressSettings(BaseModel):
     max_in_flight: int = Field(64, ge=1, description="Requests one ingress replica works on at once; more get 503.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with every 503.")
     api_token_env: str = Field("JUSTNEWS_API_TOKEN", min_length=1,
-                               description="Environment variable holding the bearer token; unset or empty means "
-                               "no authentication (the default binding is 127.0.0.1 only).")
+                               description="Environment variable holding the bearer token that calls agents (every "
+                               "route but the admin ones). Unset or empty with no admin token either: no "
+                               "authentication, allowed only while the HTTP proxy binds loopback.")
+    admin_token_env: str = Field("JUSTNEWS_ADMIN_TOKEN", min_length=1,
+                                 description="Environment variable holding the admin bearer token: /stats, /canary "
+                                 "and /hitl routes take only it (it also calls agents). Unset: the API token stands "
+                                 "in for it, allowed only while the HTTP proxy binds loopback.")
+    http_host: str | None = Field(None, description="The address Serve's HTTP proxy binds (http_options.host), as "
+                                  "the serve config says. The ingress also asks the Serve controller; if either is "
+                                  "not loopback, both tokens are required or the ingress refuses to start.")
     chat_default_max_tokens: int = Field(256, ge=1, description="max_tokens of a chat completion that names none.")
     stream_piece_chars: int = Field(16, ge=1, description="Characters per streamed content chunk (whole words).")
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
@@ -65,37 +73,43 @@ class IngressServer:
         embedding_model: the embeddings model name, listed by ``/v1/models``.
         status: returns ``{deployment: status}`` for ``/healthz`` (None: not reported).
         agent_stats: returns every agent's totals for ``/stats``.
+        pool_stats: returns each base pool's loaded variant/device/bytes and plan for ``/stats``.
+        canary_status: returns the canary controller's view for ``/canary`` (None: not served).
+        http_host: the address Serve's HTTP proxy binds, as the Serve controller reports it (None: unknown to
+            the caller; ``settings.http_host`` is checked either way).
+
+    Raises:
+        InsecureBindingError: a non-loopback binding without both tokens (see :mod:`deployments.ingress_auth`).
     """
 
     def __init__(self, settings: IngressSettings, agent_map: AgentMap, store: Any, *, llm: LLMCall, agent: AgentCall,
                  embedding_model: str | None = None, status: Callable[[], Awaitable[dict[str, str]]] | None = None,
                  agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-                 canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None):
+                 canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None, http_host: str | None = None,
+                 pool_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None):
         self.settings = settings
         self.map = agent_map
         self.store = store
         self._llm, self._agent = llm, agent
         self.embedding_model = embedding_model
         self._status, self._agent_stats, self._canary_status = status, agent_stats, canary_status
-        self.token = os.environ.get(settings.api_token_env) or None
+        self._pool_stats = pool_stats
+        self.guard = TokenGuard.from_env(settings.api_token_env, settings.admin_token_env)
+        self.guard.check_binding([settings.http_host, http_host])
         self.in_flight = 0
         self.rejected = 0
         self.served_agents = sorted(n for n, e in agent_map.agents.items() if e.served)
 
     # -- guards -----------------------------------------------------------------------------------
 
-    def authorize(self, header: str | None) -> None:
-        """Check ``Authorization: Bearer <token>`` when a token is configured.
+    def authorize(self, header: str | None, path: str = "/") -> None:
+        """Check ``Authorization: Bearer <token>`` for the scope ``path`` needs (nothing when no token is set).
 
         Raises:
             UnauthorizedError: missing or wrong token (401).
+            ForbiddenError: the API token on an admin route (403).
         """
-        if self.token is None:
-            return
-        scheme, _, given = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            raise UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                                    f"(the token is ${self.settings.api_token_env} of the cluster)")
+        self.guard.authorize(header, scope_of(path), path)
 
     @contextmanager
     def admit(self) -> Iterator[None]:
@@ -167,6 +181,9 @@ class IngressServer:
         return await self._canary_status()
 
     async def stats(self) -> dict[str, Any]:
-        """``GET /stats``: ingress counters and every agent's request and fallback totals."""
+        """``GET /stats``: ingress counters, every agent's request and fallback totals (and pool route), and
+        what one replica of each base pool loaded against its plan."""
         agents = await self._agent_stats() if self._agent_stats is not None else {}
-        return {"ingress": {"in_flight": self.in_flight, "rejected_overload": self.rejected}, "agents": agents}
+        pools = await self._pool_stats() if self._pool_stats is not None else {}
+        return {"ingress": {"in_flight": self.in_flight, "rejected_overload": self.rejected}, "agents": agents,
+                "pools": pools}
