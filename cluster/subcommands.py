@@ -51,6 +51,8 @@ def add_operator_commands(sub: Any, *, policy_from_args: Callable[[Any], Any]) -
     k.add_argument("--image", default=rayservice.DEFAULT_IMAGE, help="image with this repository installed")
     k.add_argument("--store-pvc", default="justnews-model-store", help="PVC holding the ModelStore")
     k.add_argument("--bnb-cuda-version", help="BNB_CUDA_VERSION for the GPU workers, e.g. 122")
+    k.add_argument("--api-token-secret", help="Secret with the ingress' api-token and admin-token keys "
+                   "(default <name>-api-tokens)")
     k.set_defaults(func=cmd_kuberay)
 
     v = sub.add_parser("launcher", help="write a Ray cluster launcher (ray up) config for GPU VMs",
@@ -62,6 +64,8 @@ def add_operator_commands(sub: Any, *, policy_from_args: Callable[[Any], Any]) -
     v.add_argument("--ssh-private-key", default="~/.ssh/id_rsa")
     v.add_argument("--store-root", default="/opt/justnews/model_store", help="MODEL_STORE_ROOT on the hosts")
     v.add_argument("--bnb-cuda-version", default="122", help="BNB_CUDA_VERSION on the hosts ('' for none)")
+    v.add_argument("--ray-token-file", default="~/.ray/auth_token", help="this machine's Ray auth token, copied "
+                   "to every host (create it with `python scripts/ray_token.py`)")
     v.add_argument("--out", help="write the config here (default: stdout)")
     v.set_defaults(func=cmd_launcher)
 
@@ -108,12 +112,14 @@ def cmd_kuberay(args: Any) -> int:
     host = ((data or {}).get("http_options") or {}).get("host")
     if host in ("127.0.0.1", "localhost", "::1"):
         print(f"justnews kuberay: warning: {args.serve_config} binds Serve's HTTP proxy to {host}; KubeRay's serve "
-              "Service cannot reach it (set http_options.host: 0.0.0.0 and an API token)", file=sys.stderr)
+              "Service cannot reach it (set http_options.host: 0.0.0.0; the ingress then requires JUSTNEWS_API_TOKEN and "
+              "JUSTNEWS_ADMIN_TOKEN, which the manifest reads from its token Secret)", file=sys.stderr)
     inventory = load_inventory(args.inventory) if args.inventory else inventory_from_header(text)
     if inventory is None:
         raise PlanningError(f"{args.serve_config} does not name a bundled inventory in its header: give --inventory")
     manifest = rayservice_manifest(text, inventory, name=args.name, namespace=args.namespace, image=args.image,
-                                   store_pvc=args.store_pvc, bnb_cuda_version=args.bnb_cuda_version)
+                                   store_pvc=args.store_pvc, bnb_cuda_version=args.bnb_cuda_version,
+                                   api_token_secret=args.api_token_secret)
     _write(dump_manifest(manifest, args.serve_config), args.out)
     return 0
 
@@ -128,7 +134,7 @@ def cmd_launcher(args: Any) -> int:
     inventory = load_inventory(args.inventory)
     config = launcher_config(inventory, head_ip=args.head_ip, worker_ips=args.worker_ips, ssh_user=args.ssh_user,
                              ssh_private_key=args.ssh_private_key, store_root=args.store_root,
-                             bnb_cuda_version=args.bnb_cuda_version or None)
+                             bnb_cuda_version=args.bnb_cuda_version or None, ray_token_file=args.ray_token_file)
     validate_launcher(config)
     _write(dump_launcher(config, inventory.name), args.out)
     return 0

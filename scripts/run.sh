@@ -5,7 +5,9 @@
 # skipped when they are there; JUSTNEWS_SKIP_TRAINING=1 skips it), then start the JustNews cluster from
 # serve_config.yaml in the foreground: `serve run` starts a local Ray cluster (or joins the one
 # RAY_ADDRESS / `ray start --head` names) and serves on http://127.0.0.1:8000 until Ctrl-C.
-# Extra arguments go to `serve run` (e.g. --non-blocking).
+# Extra arguments go to `serve run` (e.g. --non-blocking). Ray token authentication is on (RAY_AUTH_MODE=token
+# unless set otherwise) and the token file (~/.ray/auth_token) is made before Ray starts, readable by its owner
+# only (scripts/ray_token.py): Ray itself would write it world-readable.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
@@ -19,5 +21,9 @@ if [ "${JUSTNEWS_SKIP_TRAINING:-0}" != 1 ]; then
 fi
 modelstore list
 cd "$ROOT"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+if [ "$RAY_AUTH_MODE" = token ]; then
+    python scripts/ray_token.py
+fi
 echo "==> serve run serve_config.yaml (http://127.0.0.1:8000; Ctrl-C stops it)" >&2
 exec serve run serve_config.yaml "$@"
