@@ -17,8 +17,9 @@ Examples::
     justnews preflight --json
     justnews kuberay --serve-config serve_config.yaml --out cluster/kuberay/rayservice.yaml
 
-Without ``--demands`` the plan has one ``BaseLLM`` deployment serving the store's current base with the
-current version of every adapter. Exit codes: 0 done, 1 preflight found a failure, 2 refused (nothing
+Without ``--demands`` the plan places the agent map's base pools (``BaseLLM-<variant>``, see
+:mod:`cluster.pools`) over the store's current base and adapters, and ``--emit-serve-config`` writes them as
+a Serve config that deploys unchanged. Exit codes: 0 done, 1 preflight found a failure, 2 refused (nothing
 fits, bad input).
 """
 
@@ -31,12 +32,12 @@ from typing import Any, Sequence
 
 import yaml
 
-from .demand import default_demand, load_demands
+from .demand import load_demands
 from .errors import PlanningError
 from .inventory import bundled_inventories, load_inventory
 from .planner import plan
 from .policy import PlacementPolicy, load_policy
-from .render import DEFAULT_IMPORT_PATH, format_plan, serve_config, write_serve_config
+from .render import DEFAULT_IMPORT_PATH, format_plan, format_routes, serve_config, write_serve_config
 from .subcommands import add_operator_commands
 
 __all__ = ["main", "build_parser", "TRAINING_COMMANDS", "DISPATCHED_COMMANDS"]
@@ -65,11 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--from-ray", metavar="ADDRESS", help="discover the inventory from a running Ray cluster")
     p.add_argument("--gpu-memory-mb", type=int, help="with --from-ray: MiB per GPU for nodes that declare none")
     p.add_argument("--store-root", help="ModelStore root (default $MODEL_STORE_ROOT)")
-    p.add_argument("--demands", help="deployments YAML/JSON (default: one BaseLLM over the store's current refs)")
+    p.add_argument("--demands", help="what-if deployments YAML/JSON (default: the agent map's base pools over the "
+                   "store's current refs)")
+    p.add_argument("--map", help="AGENT_MODEL_MAP.json whose pools are planned (default: the packaged one)")
     p.add_argument("--policy", help="placement policy YAML/JSON (any subset of PlacementPolicy's fields)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one policy field, e.g. --set allow_quantized=true (repeatable)")
-    p.add_argument("--emit-serve-config", metavar="PATH", help="write the plan as a Serve config YAML")
+    p.add_argument("--emit-serve-config", metavar="PATH", help="write the pools' placement as a Serve config that "
+                   "`serve run` / `serve deploy` use unchanged")
     p.add_argument("--import-path", default=DEFAULT_IMPORT_PATH, help="application import path in that config")
     p.add_argument("--app-name", default="justnews", help="application name in that config")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -100,6 +104,19 @@ def _store(args):
     return ModelStore(root) if args.store_root or root.exists() else None
 
 
+def _map_pools(args, inventory, policy):
+    """Plan the agent map's base pools on ``inventory``: (store, (layout, plan))."""
+    from agent_graph import load_agent_map
+
+    from .pools import needs_from_map, plan_pools
+
+    store = _store(args)
+    if store is None:
+        raise PlanningError("no --demands and no store (give --store-root or set MODEL_STORE_ROOT)")
+    base, needs = needs_from_map(load_agent_map(args.map), store)
+    return store, plan_pools(needs, base, inventory, policy)
+
+
 def cmd_plan(args) -> int:
     if args.inventory:
         inventory = load_inventory(args.inventory)
@@ -108,28 +125,35 @@ def cmd_plan(args) -> int:
 
         inventory = discover_from_ray(None if args.from_ray == "auto" else args.from_ray,
                                       gpu_memory_mb=args.gpu_memory_mb)
-    store = _store(args)
+    policy = _policy(args)
+    placement = store = None
     if args.demands:
-        demands = load_demands(args.demands, store)
-    elif store is None:
-        raise PlanningError("no --demands and no store (give --store-root or set MODEL_STORE_ROOT)")
+        if args.emit_serve_config:
+            raise PlanningError("--emit-serve-config places the agent map's base pools; it cannot be combined "
+                                "with --demands (a what-if plan of arbitrary deployments)")
+        result = plan(inventory, load_demands(args.demands, _store(args)), policy)
     else:
-        demands = [default_demand(store)]
-    result = plan(inventory, demands, _policy(args))
+        from .placement import placement_from_plan
+
+        store, (layout, result) = _map_pools(args, inventory, policy)
+        placement = placement_from_plan(layout, result)
+    config_kwargs = dict(import_path=args.import_path, app_name=args.app_name,
+                         store_root=str(store.root) if store is not None else None, map_path=args.map)
     if args.emit_serve_config:
-        write_serve_config(result, args.emit_serve_config, import_path=args.import_path, app_name=args.app_name)
+        write_serve_config(placement, args.emit_serve_config, summary=inventory.summary(), **config_kwargs)
     if args.json:
-        data: dict[str, Any] = {"plan": result.model_dump(mode="json"), "options": result.options(),
-                                "serve_config": serve_config(result, import_path=args.import_path,
-                                                             app_name=args.app_name)}
+        data: dict[str, Any] = {"plan": result.model_dump(mode="json"), "options": result.options()}
+        if placement is not None:
+            data["placement"] = placement.model_dump(mode="json")
+            data["serve_config"] = serve_config(placement, **config_kwargs)
         print(json.dumps(data, indent=2))
     else:
         print(format_plan(result))
+        if placement is not None:
+            print("\n" + format_routes(placement))
         if args.emit_serve_config:
             print(f"\nwrote {args.emit_serve_config}")
     return 0
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

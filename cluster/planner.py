@@ -33,7 +33,8 @@ from .packing import GPU_UNITS, Bin, Packer
 from .policy import PlacementPolicy
 from .sizing import ReplicaMemory, ReplicaSizing, size_replica
 
-__all__ = ["Placement", "BinUsage", "DeploymentPlan", "Plan", "plan", "BUDGET_ENV", "MAX_REPLICAS_RULE"]
+__all__ = ["Placement", "BinUsage", "DeploymentPlan", "Plan", "plan", "capacity_basis", "BUDGET_ENV",
+           "MAX_REPLICAS_RULE"]
 
 MAX_REPLICAS_RULE = ("minimums placed first (largest first, best fit); spare capacity then shared one replica "
                      "at a time round-robin, so every deployment at max_replicas fits at once")
@@ -186,6 +187,13 @@ def _bins(inventory: Inventory, policy: PlacementPolicy) -> tuple[list[Bin], int
         headroom = policy.headroom_for(smallest.memory_mb)
         raise InventoryError(f"{label} has no usable memory after headroom {headroom} MiB")
     return bins, smallest.usable_mb, label
+
+
+def capacity_basis(inventory: Inventory, policy: PlacementPolicy | None = None) -> tuple[Literal["cuda", "cpu"], int, str]:
+    """``(device, usable MiB one replica must fit, label)`` of an inventory (rule 1 of the module docstring)."""
+    policy = policy or PlacementPolicy()
+    _, basis_mb, label = _bins(inventory, policy)
+    return ("cuda" if inventory.has_gpus else "cpu"), basis_mb, label
 
 
 def _refuse_minimums(inventory: Inventory, demands: Sequence[DeploymentDemand], sizes: dict[str, ReplicaSizing],

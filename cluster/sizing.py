@@ -28,7 +28,8 @@ from .demand import MIB, QUANTIZED, DeploymentDemand
 from .errors import NoVariantFitsError
 from .policy import PlacementPolicy
 
-__all__ = ["ReplicaMemory", "ReplicaSizing", "candidate_variants", "kv_mb_per_sequence", "size_replica"]
+__all__ = ["ReplicaMemory", "ReplicaSizing", "candidate_variants", "kv_mb_per_sequence", "size_replica",
+           "variant_shortfall"]
 
 Device = Literal["cuda", "cpu"]
 
@@ -118,6 +119,21 @@ def candidate_variants(demand: DeploymentDemand, policy: PlacementPolicy) -> lis
     return out
 
 
+def variant_shortfall(demand: DeploymentDemand, policy: PlacementPolicy, variant: str, device: Device,
+                      capacity_mb: int) -> str | None:
+    """Why one replica of ``variant`` (weights + KV + one adapter slot + context) does not fit ``capacity_mb``;
+    None when it fits."""
+    context = policy.cuda_context_mb if device == "cuda" else policy.cpu_process_overhead_mb
+    slot = max((a.size_mb for a in demand.adapters), default=0)
+    weights = demand.base.approx_vram_mb[variant]
+    kv = math.ceil(kv_mb_per_sequence(demand, policy, variant, device)[0] * policy.max_concurrent_sequences)
+    need = weights + kv + slot + context
+    if need <= capacity_mb:
+        return None
+    return (f"{variant} needs {need} MiB (weights {weights} + KV {kv} + adapter {slot} + context {context}) > "
+            f"{capacity_mb} MiB usable")
+
+
 def size_replica(demand: DeploymentDemand, policy: PlacementPolicy, *, device: Device, capacity_mb: int,
                  capacity_label: str) -> ReplicaSizing:
     """Choose the variant and size one replica of ``demand`` so it fits in ``capacity_mb``.
@@ -148,8 +164,7 @@ def size_replica(demand: DeploymentDemand, policy: PlacementPolicy, *, device: D
         kv = math.ceil(kv_seq * policy.max_concurrent_sequences)
         fixed = weights + kv + context
         if fixed + slot > capacity_mb:
-            skipped.append(f"{variant} needs {fixed + slot} MiB (weights {weights} + KV {kv} + adapter {slot} + "
-                           f"context {context}) > {capacity_mb} MiB usable")
+            skipped.append(variant_shortfall(demand, policy, variant, device, capacity_mb))
             continue
         fit = (capacity_mb - fixed) // slot if slot else policy.max_num_models_per_replica
         limits = {"policy max_num_models_per_replica": policy.max_num_models_per_replica,

@@ -1,8 +1,9 @@
 """The agent deployment: one generic class, deployed once per agent of the map. Thin Serve wiring.
 
 Each deployment wraps an :class:`~deployments.agent_server.AgentServer` and is bound to the shared
-BaseLLM handle (llm agents call it with ``multiplexed_model_id`` = the adapter ref of the step they are
-on) or to the embeddings handle (scout, memory). Agents hold no weights, so a replica asks for no CPU.
+BaseLLM pools of its route (llm agents call them with ``multiplexed_model_id`` = the adapter ref of the step
+they are on; :class:`~deployments.pool_router.PoolRouter` moves to the next pool only when one is
+unavailable) or to the embeddings handle (scout, memory). Agents hold no weights, so a replica asks for no CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ray.serve import Application
 
 from agent_graph import load_agent_map
 from deployments.agent_server import AgentServer
+from deployments.pool_router import PoolRouter
 
 __all__ = ["AgentDeploymentSettings", "AgentDeployment", "build_agent", "deployment_name"]
 
@@ -42,29 +44,34 @@ class AgentDeployment:
         agent: the agent's name.
         map_path: the agent map file; None is the packaged one (the builder validated it already).
         strict: never fall back.
-        llm: the BaseLLM deployment handle (llm agents).
+        llm: pool name -> BaseLLM pool handle, the agent's route in order (llm agents).
         embeddings: the embeddings deployment handle (embedding agents).
     """
 
-    def __init__(self, agent: str, map_path: str | None, strict: bool, llm: Any = None, embeddings: Any = None,
-                 store_root: str | None = None):
+    def __init__(self, agent: str, map_path: str | None, strict: bool, llm: dict[str, Any] | None = None,
+                 embeddings: Any = None, store_root: str | None = None):
         from modelstore import ModelStore
         from rollout import CanaryRouter
 
-        self._llm_handle, self._embed_handle = llm, embeddings
+        self._embed_handle = embeddings
+        # The pools of the agent's route, own pool first; the next one only when a pool is unavailable.
+        self._pools = PoolRouter([(name, self._caller(handle)) for name, handle in llm.items()]) if llm else None
         store = ModelStore(store_root)
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (tests): any stable name will do
             replica = f"local-{id(self):x}"
         self._server = AgentServer(agent, load_agent_map(map_path), strict=strict,
-                                   llm=self._generate if llm is not None else None,
+                                   llm=self._pools,
                                    embed=self._embed if embeddings is not None else None,
                                    pin=lambda ref: str(store.pin(ref)),
                                    canary=CanaryRouter(store.root, f"{agent}-{replica}"))
 
-    async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._llm_handle.options(multiplexed_model_id=model_id).generate.remote(body)
+    @staticmethod
+    def _caller(handle: Any):
+        async def generate(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
+            return await handle.options(multiplexed_model_id=model_id).generate.remote(body)
+        return generate
 
     async def _embed(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._embed_handle.embed.remote(body)
@@ -75,7 +82,10 @@ class AgentDeployment:
 
     async def stats(self) -> dict[str, Any]:
         """Request, fallback and failed-step totals (the same numbers as the ``justnews_agent_*`` metrics)."""
-        return self._server.stats()
+        stats = self._server.stats()
+        if self._pools is not None:
+            stats["pools"] = self._pools.stats()
+        return stats
 
     def __del__(self) -> None:
         """On shutdown: write out the canary observations not yet flushed."""
@@ -84,7 +94,7 @@ class AgentDeployment:
             server.flush()
 
 
-def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False, llm: Any = None,
+def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False, llm: dict[str, Any] | None = None,
                 embeddings: Any = None, settings: AgentDeploymentSettings | dict | None = None,
                 store_root: str | None = None) -> Application:
     """Bind the agent deployment of ``agent`` to the BaseLLM (or embeddings) application.
@@ -93,7 +103,7 @@ def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False
         agent: the agent's name.
         map_path: the agent map file (None: packaged).
         strict: never fall back.
-        llm: the bound BaseLLM application (llm agents).
+        llm: pool name -> bound BaseLLM pool application, the agent's route in order (llm agents).
         embeddings: the bound embeddings application (embedding agents).
         settings: Serve options.
         store_root: the ModelStore, where ``@current`` adapter refs are pinned per request.

@@ -75,6 +75,8 @@ class AgentResponse(BaseModel):
     output: dict[str, Any] = Field(description="The agent's typed output (validated against its contract).")
     answered_by: str = Field(description="Pinned adapter ref, pinned base ref, embedding model or 'heuristic:<name>'.")
     step: Literal["adapter", "base", "legacy"] = Field(description="Which step of the fallback chain answered.")
+    pool: str | None = Field(None, description="The base pool (deployment) that answered; None for the legacy "
+                             "step and embedding agents.")
     fallback: bool = Field(description="True when an earlier step failed and a later one answered.")
     failures: list[AgentFailure] = Field(default_factory=list, description="Steps that failed, in order.")
     usage: AgentUsage = Field(default_factory=AgentUsage, description="Token counts of the model calls made.")
@@ -205,7 +207,7 @@ class AgentServer:
         failures: list[AgentFailure] = []
         for route in chain:
             try:
-                output, answered_by = await self._run(route, inp, usage)
+                output, answered_by, pool = await self._run(route, inp, usage)
             except Exception as exc:  # noqa: BLE001 - any failure of a step means: try the next one
                 if is_caller_error(exc):
                     self.metrics.done(self.name, getattr(exc, "error_type", "overloaded"), route.step,
@@ -219,7 +221,7 @@ class AgentServer:
             seconds = time.monotonic() - started
             self.metrics.done(self.name, "ok", route.step, seconds, chain[0].step if failures else None)
             return AgentResponse(agent=self.name, output=output.model_dump(mode="json"), answered_by=answered_by,
-                                 step=route.step, fallback=bool(failures), failures=failures, usage=usage,
+                                 step=route.step, pool=pool, fallback=bool(failures), failures=failures, usage=usage,
                                  latency_s=round(seconds, 4))
         seconds = time.monotonic() - started
         tried = "; ".join(f"{f.route}: {f.reason}" for f in failures)
@@ -229,15 +231,15 @@ class AgentServer:
         self.metrics.done(self.name, "exhausted", "none", seconds)
         raise FallbackExhaustedError(f"agent {self.name!r}: every fallback step failed ({tried})")
 
-    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage) -> tuple[BaseModel, str]:
+    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage) -> tuple[BaseModel, str, str | None]:
         if route.step == "legacy":
             if not route.model_id.startswith("heuristic:"):
                 raise NotImplementedError(f"legacy model {route.model_id!r} is not served by this project")
             output = run_heuristic(route.model_id.split(":", 1)[1], inp)
-            return self.spec.validate_output(output, inp), route.model_id
+            return self.spec.validate_output(output, inp), route.model_id, None
         if self.spec.kind == "embedding":
             reply = await self._embed(inp.model_dump(mode="json"))
-            return self.spec.validate_output(reply, inp), route.model_id
+            return self.spec.validate_output(reply, inp), route.model_id, None
         body = generation_request(self.spec, inp, self.entry)
         model_id = route.multiplexed_model_id
         if model_id and self._pin is not None:
@@ -256,7 +258,8 @@ class AgentServer:
                 self._observe(choice, time.monotonic() - started, _outcome(exc))
             raise
         self._observe(choice, time.monotonic() - started, "ok")
-        return output, (reply.get("adapter") if route.step == "adapter" else None) or reply.get("base") or choice.model_id
+        answered_by = (reply.get("adapter") if route.step == "adapter" else None) or reply.get("base") or choice.model_id
+        return output, answered_by, reply.get("pool")
 
     async def _call(self, model_id: str, body: dict[str, Any], inp: BaseModel,
                     usage: AgentUsage | None) -> tuple[BaseModel, dict[str, Any]]:

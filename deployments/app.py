@@ -1,22 +1,25 @@
 """``build_app(args)``: the whole JustNews application, as ``serve_config.yaml`` imports it.
 
 Reads the agent map and the ModelStore, checks that the store holds every model the map names (failing
-fast with one message listing each problem), plans the BaseLLM deployment's resources from the store's
-VRAM metadata and the cluster's inventory, and binds:
+fast with one message listing each problem), takes the placement (the planner's pools, see
+:mod:`cluster.pools`) and binds:
 
-    Ingress (FastAPI) -> Agent-<name> (one per served agent) -> BaseLLM (llm agents) | Embeddings (scout, memory)
+    Ingress (FastAPI) -> Agent-<name> (one per served agent) -> BaseLLM-<variant> pools | Embeddings
                       -> CanaryController (the canary gate; ``GET /canary``)
 
-BaseLLM options, in order of precedence (later wins):
+Each llm agent is bound to the pools of its route (own pool first, then only pools whose variant the map
+lets it use). The placement is one source of truth for every pool, whichever way it arrives:
 
-1. :class:`~deployments.settings.BaseLLMSettings` defaults;
-2. the placement plan (``inventory``): autoscaling_config, max_ongoing_requests, ray_actor_options and
-   the runtime config (max_batch_size, max_num_models_per_replica);
-3. explicit ``llm`` args. ``llm.num_replicas`` given explicitly turns the plan's autoscaling off.
+1. ``placement`` args: what ``justnews plan --emit-serve-config`` wrote (applied unchanged; checked
+   against the map, so a route can never give a never-quantised agent an int8 pool);
+2. else planned here: ``inventory: auto`` discovers the running Ray cluster (if that or planning fails,
+   the builder logs why and places the pools on defaults), any other value is an inventory file or a
+   bundled name (its errors stop the build), ``inventory: none`` places the pools on defaults.
 
-``inventory: auto`` discovers the running Ray cluster; if that fails, or planning does, the builder logs
-why and keeps the defaults. ``inventory: none`` skips planning; any other value is an inventory file or a
-bundled name (``cpu-only``), and its errors stop the build.
+Each pool's BaseLLM settings, in order of precedence (later wins): :class:`~deployments.settings.
+BaseLLMSettings` defaults; the placement (variant, planned device and budget, Serve options, runtime
+config, preloaded adapters); ``llm`` args (every pool); ``pools.<name>`` args (that pool). An explicit
+``num_replicas`` turns the plan's autoscaling off.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
 
+from cluster.placement import AppPlacement
 from deployments.agent import AgentDeploymentSettings, build_agent
 from deployments.canary_controller import CanarySettings, build_canary_controller
 from deployments.embeddings import EmbeddingSettings, build_embeddings
@@ -35,7 +39,7 @@ from deployments.ingress import build_ingress
 from deployments.ingress_server import IngressSettings
 from deployments.settings import BaseLLMSettings, unflatten_args
 
-__all__ = ["AppSettings", "AppBuildError", "build_app", "plan_llm_options", "llm_settings"]
+__all__ = ["AppSettings", "AppBuildError", "build_app", "plan_placement", "pool_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +59,69 @@ class AppSettings(BaseModel):
     map_path: str | None = Field(None, description="AGENT_MODEL_MAP.json; None: the one shipped in agent_graph.")
     strict: bool = Field(False, description="No agent falls back: a failed adapter is a clear 503 instead.")
     inventory: str = Field("auto", min_length=1, description="'auto' (discover the Ray cluster), 'none' (no "
-                           "planning), or an inventory file / bundled name used to plan the BaseLLM deployment.")
-    llm: dict[str, Any] = Field(default_factory=dict, description="BaseLLMSettings fields; override the plan.")
+                           "planning), or an inventory file / bundled name used to plan the base pools. Ignored "
+                           "when 'placement' is given.")
+    placement: AppPlacement | None = Field(None, description="The placement `justnews plan --emit-serve-config` "
+                                           "wrote; when given, nothing is planned at build time.")
+    policy: dict[str, Any] = Field(default_factory=dict, description="PlacementPolicy fields for planning at "
+                                   "build time (e.g. num_cpus_per_replica).")
+    llm: dict[str, Any] = Field(default_factory=dict, description="BaseLLMSettings fields for every pool; "
+                                "override the placement.")
+    pools: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Pool name -> BaseLLMSettings "
+                                             "fields for that pool only; override 'llm'.")
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings, description="Embeddings deployment.")
     agents: AgentDeploymentSettings = Field(default_factory=AgentDeploymentSettings,
                                             description="Serve options of every agent deployment.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP ingress settings.")
     canary: CanarySettings = Field(default_factory=CanarySettings, description="The in-cluster canary gate.")
 
+    @field_validator("llm")
+    @classmethod
+    def _no_pool_identity(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted({"deployment_name", "base_ref", "store_root", "planned"} & set(value))
+        if fixed:
+            raise ValueError(f"llm args {fixed} are set by the placement per pool; use pools.<name> for one pool")
+        return value
 
-def plan_llm_options(store: Any, base_ref: str, inventory: str) -> dict[str, Any]:
-    """BaseLLMSettings fields from the placement plan (empty when ``inventory`` is ``none``)."""
-    if inventory == "none":
-        return {}
+
+def plan_placement(settings: AppSettings, store: Any, agent_map: Any) -> AppPlacement:
+    """The placement this build applies (see the module docstring for where it comes from).
+
+    Raises:
+        AppBuildError: a given placement breaks the map, or planning on a named inventory fails.
+    """
     import cluster
+    from cluster.placement import placement_from_plan, placement_without_plan
+    from cluster.pools import assign_pools, needs_from_map, plan_pools
 
-    if inventory == "auto":
+    base, needs = needs_from_map(agent_map, store)
+    if settings.placement is not None:
         try:
-            inv = cluster.discover_from_ray()
-            options = cluster.plan(inv, [cluster.default_demand(store, base_ref=base_ref)]).deployment(
-                "BaseLLM").deployment_options()
-        except Exception as exc:  # noqa: BLE001 - auto means best effort: say why and keep the defaults
-            log.warning("inventory 'auto': no placement plan (%s: %s); using BaseLLM defaults", type(exc).__name__, exc)
-            return {}
-    else:
-        inv = cluster.load_inventory(inventory)
-        options = cluster.plan(inv, [cluster.default_demand(store, base_ref=base_ref)]).deployment(
-            "BaseLLM").deployment_options()
-    runtime = dict(options.get("user_config") or {})
-    runtime.setdefault("max_num_models_per_replica", options.get("max_num_models_per_replica"))
-    out = {"ray_actor_options": options["ray_actor_options"], "max_ongoing_requests": options["max_ongoing_requests"],
-           "runtime": {k: v for k, v in runtime.items() if v is not None}}
-    if options.get("autoscaling_config"):
-        out["autoscaling_config"] = options["autoscaling_config"]
-    log.info("placement plan (%s) for BaseLLM: %s", inventory, out)
-    return out
+            settings.placement.layout().check_against(needs)
+        except cluster.PlanningError as exc:
+            raise AppBuildError(f"args.placement (planned for {settings.placement.inventory}): {exc}; "
+                                "re-run `justnews plan --emit-serve-config`") from None
+        return settings.placement
+    try:
+        policy = cluster.PlacementPolicy.model_validate(settings.policy)
+    except ValueError as exc:
+        raise AppBuildError(f"policy args are invalid: {exc}") from None
+    if settings.inventory != "none":
+        try:
+            inventory = cluster.discover_from_ray() if settings.inventory == "auto" else \
+                cluster.load_inventory(settings.inventory)
+            placement = placement_from_plan(*plan_pools(needs, base, inventory, policy))
+            log.info("placement (%s): %s", settings.inventory, {n: (p.variant, p.device, p.agents)
+                                                                 for n, p in placement.pools.items()})
+            return placement
+        except Exception as exc:  # noqa: BLE001 - 'auto' is best effort; a named inventory must plan
+            if settings.inventory != "auto":
+                raise AppBuildError(f"planning on inventory {settings.inventory!r} failed: {exc}") from exc
+            log.warning("inventory 'auto': no placement plan (%s: %s); pools on defaults", type(exc).__name__, exc)
+    try:
+        return placement_without_plan(assign_pools(needs, base, policy=policy), base.ref, policy.num_cpus_per_replica)
+    except cluster.PlanningError as exc:
+        raise AppBuildError(f"the agent map cannot be placed on {base.ref}: {exc}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -100,23 +132,29 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def llm_settings(settings: AppSettings, store: Any, base_ref: str,
-                 preload: list[str] | None = None) -> BaseLLMSettings:
-    """The BaseLLM settings: defaults, then the plan, then explicit ``llm`` args (see the module docstring).
-
-    ``preload`` (the map's adapters) becomes ``preload_adapters`` unless the ``llm`` args set it.
-    """
-    planned = plan_llm_options(store, base_ref, settings.inventory)
-    if preload:
-        planned["preload_adapters"] = list(preload)
-    if "num_replicas" in settings.llm:
+def pool_settings(settings: AppSettings, store: Any, placement: AppPlacement, name: str) -> BaseLLMSettings:
+    """One pool's BaseLLM settings: defaults, the placement, ``llm`` args, then ``pools.<name>`` args."""
+    pool = placement.pools[name]
+    opts = pool.serve_options
+    planned: dict[str, Any] = {
+        "deployment_name": name, "variant": pool.variant, "preload_adapters": list(pool.adapters),
+        "planned": {"pool": name, "variant": pool.variant, "device": pool.device,
+                    "memory_budget_mb": pool.memory_budget_mb, "inventory": placement.inventory}}
+    for key in ("ray_actor_options", "max_ongoing_requests", "autoscaling_config"):
+        if opts.get(key):
+            planned[key] = opts[key]
+    if opts.get("user_config"):
+        planned["runtime"] = dict(opts["user_config"])
+    overrides = _merge(settings.llm, settings.pools.get(name, {}))
+    if "num_replicas" in overrides:
         planned.pop("autoscaling_config", None)
-    merged = _merge(planned, settings.llm)
-    merged.update(store_root=str(store.root), base_ref=base_ref)
+    merged = _merge(planned, overrides)
+    merged.update(store_root=str(store.root), base_ref=pool.base_ref)
     try:
         return BaseLLMSettings.model_validate(merged)
     except ValueError as exc:
-        raise AppBuildError(f"BaseLLM settings (plan {settings.inventory!r} + llm args) are invalid: {exc}") from exc
+        raise AppBuildError(f"pool {name} settings (placement {placement.inventory!r} + llm/pools args) are "
+                            f"invalid: {exc}") from exc
 
 
 def _check_store(settings: AppSettings):
@@ -137,7 +175,10 @@ def _check_store(settings: AppSettings):
             from None
     bases = {str(store.resolve(e.base).ref) for e in agent_map.agents.values() if e.kind == "llm" and e.served}
     if len(bases) != 1:
-        raise AppBuildError(f"one BaseLLM deployment serves one base, but the llm agents name {sorted(bases)}")
+        raise AppBuildError(f"the base pools serve one base, but the llm agents name {sorted(bases)}")
+    unknown = sorted(set(settings.pools) - {f"BaseLLM-{v}" for v in ("fp32", "bf16", "fp16", "bnb-int8", "bnb-4bit")})
+    if unknown:
+        raise AppBuildError(f"pools args name {unknown}; pool names are 'BaseLLM-<variant>'")
     return store, agent_map, bases.pop()
 
 
@@ -149,26 +190,28 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """
     settings = AppSettings.model_validate(unflatten_args(dict(args or {})))
     store, agent_map, base_ref = _check_store(settings)
-    adapters = sorted({ref for e in agent_map.agents.values() if e.kind == "llm" and e.served
-                       for ref in [e.adapter, *(e.task_adapters or {}).values()] if ref})
-    llm_cfg = llm_settings(settings, store, base_ref, preload=adapters)
-    over = {n: e.max_new_tokens for n, e in agent_map.agents.items()
-            if e.kind == "llm" and e.max_new_tokens > llm_cfg.engine.max_new_tokens_limit}
-    if over:
-        raise AppBuildError(f"agents' max_new_tokens {over} exceed engine.max_new_tokens_limit "
-                            f"({llm_cfg.engine.max_new_tokens_limit}); raise llm.engine.max_new_tokens_limit")
+    placement = plan_placement(settings, store, agent_map)
     from deployments.base_llm import build_base_llm
 
-    llm = build_base_llm(llm_cfg)
+    pools: dict[str, Application] = {}
+    for name in placement.pools:
+        cfg = pool_settings(settings, store, placement, name)
+        over = {a: agent_map.agents[a].max_new_tokens for a in placement.pools[name].agents
+                if agent_map.agents[a].max_new_tokens > cfg.engine.max_new_tokens_limit}
+        if over:
+            raise AppBuildError(f"agents' max_new_tokens {over} exceed {name}'s engine.max_new_tokens_limit "
+                                f"({cfg.engine.max_new_tokens_limit}); raise llm.engine.max_new_tokens_limit")
+        pools[name] = build_base_llm(cfg)
     served = {n: e for n, e in agent_map.agents.items() if e.served}
     embeddings = build_embeddings(settings.embeddings) if any(e.kind == "embedding" for e in served.values()) else None
     agents = {name: build_agent(name, map_path=settings.map_path, strict=settings.strict,
-                                llm=llm if entry.kind == "llm" else None,
+                                llm={p: pools[p] for p in placement.routes[name]} if entry.kind == "llm" else None,
                                 embeddings=embeddings if entry.kind == "embedding" else None,
                                 settings=settings.agents, store_root=str(store.root))
               for name, entry in sorted(served.items())}
-    log.info("JustNews app: base %s, agents %s, strict=%s", base_ref, ", ".join(agents), settings.strict)
+    log.info("JustNews app: base %s, pools %s, agents %s, strict=%s", base_ref,
+             {n: p.agents for n, p in placement.pools.items()}, ", ".join(agents), settings.strict)
     canary = build_canary_controller(str(store.root), settings.canary)
-    return build_ingress(settings.ingress, map_path=settings.map_path, store_root=str(store.root), llm=llm,
-                         agents=agents, embedding_model=EMBEDDING_MODEL if embeddings is not None else None,
-                         canary=canary)
+    return build_ingress(settings.ingress, map_path=settings.map_path, store_root=str(store.root), pools=pools,
+                         routes={a: list(r) for a, r in placement.routes.items()}, agents=agents,
+                         embedding_model=EMBEDDING_MODEL if embeddings is not None else None, canary=canary)

@@ -34,7 +34,7 @@ from deployments.errors import AdapterNotFoundError, InternalError, InvalidReque
 from deployments.protocol import BASE_MODEL_IDS
 from deployments.replica_budget import ReplicaBudget
 from deployments.server import BaseLLMServer
-from deployments.settings import BaseLLMSettings, RuntimeConfig, unflatten_args
+from deployments.settings import BaseLLMSettings, RuntimeConfig, resolve_device, unflatten_args
 
 __all__ = ["BaseLLMDeployment", "build_base_llm", "app_builder"]
 
@@ -54,7 +54,9 @@ class BaseLLMDeployment:
     """
 
     def __init__(self, settings: dict[str, Any]):
-        self._settings = BaseLLMSettings.model_validate(settings)
+        settings = BaseLLMSettings.model_validate(settings)
+        planned = settings.planned.device if settings.planned else None
+        self._settings = settings.model_copy(update={"device": resolve_device(settings.device, planned)})
         self._budget = ReplicaBudget(self._settings.device)  # before the base loads: caps CUDA allocations
         replica_id = serve.get_replica_context().replica_id.unique_id
         self._server = BaseLLMServer(self._settings, replica_id=replica_id)

@@ -1,4 +1,4 @@
-"""The ingress deployment: FastAPI on Serve over the agent and BaseLLM handles. Thin wiring.
+"""The ingress deployment: FastAPI on Serve over the agent and base pool handles. Thin wiring.
 
 The FastAPI app is built on the replica, after the constructor (Serve's late-bound ingress,
 ``__serve_build_asgi_app__``), so it can be generated from the agent map the replica loaded: one typed
@@ -17,6 +17,7 @@ from ray.serve import Application
 
 from agent_graph import load_agent_map
 from deployments.http_app import build_http_app
+from deployments.pool_router import PoolRouter
 from deployments.ingress_server import IngressServer, IngressSettings
 
 __all__ = ["IngressDeployment", "build_ingress"]
@@ -32,28 +33,54 @@ class IngressDeployment:
         settings: :class:`~deployments.ingress_server.IngressSettings` as a dict.
         map_path: the agent map file (None: packaged).
         store_root: the ModelStore root (for ``/v1/models``).
-        llm: the BaseLLM deployment handle.
+        pools: base pool name -> BaseLLM pool handle.
+        routes: llm agent -> its pool names, own pool first (chat completions for an agent follow its route;
+            the bare base and unknown adapters use the first pool's route).
         agents: agent name -> agent deployment handle.
         embedding_model: the embeddings model name, listed by ``/v1/models``.
         canary: the canary controller handle (``GET /canary``), or None.
     """
 
-    def __init__(self, settings: dict[str, Any], map_path: str | None, store_root: str, llm: Any,
-                 agents: dict[str, Any], embedding_model: str | None = None, canary: Any = None):
+    def __init__(self, settings: dict[str, Any], map_path: str | None, store_root: str, pools: dict[str, Any],
+                 routes: dict[str, list[str]], agents: dict[str, Any], embedding_model: str | None = None,
+                 canary: Any = None):
         from modelstore import ModelStore
 
-        self._llm_handle, self._agent_handles, self._canary_handle = llm, agents, canary
+        self._pool_handles, self._agent_handles, self._canary_handle = pools, agents, canary
+        self._routers = {agent: PoolRouter([(p, self._caller(pools[p])) for p in route])
+                         for agent, route in routes.items()}
+        first = next(iter(pools))
+        self._default_router = PoolRouter([(first, self._caller(pools[first]))] +
+                                          [(p, self._caller(h)) for p, h in pools.items() if p != first])
         self._server = IngressServer(
             IngressSettings.model_validate(settings), load_agent_map(map_path), ModelStore(store_root),
             llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
             agent_stats=self._agent_stats, canary_status=self._canary_status if canary is not None else None,
-            http_host=_serve_http_host())
+            http_host=_serve_http_host(), pool_stats=self._pool_stats)
 
     def __serve_build_asgi_app__(self):  # noqa: N807 - Serve's hook name
         return build_http_app(self._server)
 
+    @staticmethod
+    def _caller(handle: Any):
+        async def generate(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
+            return await handle.options(multiplexed_model_id=model_id).generate.remote(body)
+        return generate
+
     async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._llm_handle.options(multiplexed_model_id=model_id).generate.remote(body)
+        # An adapter ref names its agent first ('critic/...'): that agent's route, so a never-quantised
+        # agent's chat completions stay off int8 pools too.
+        agent = model_id.split("/", 1)[0] if "/" in model_id else None
+        return await self._routers.get(agent, self._default_router)(model_id, body)
+
+    async def _pool_stats(self) -> dict[str, Any]:
+        names = list(self._pool_handles)
+        replies = await asyncio.gather(*(asyncio.wait_for(self._pool_handles[n].stats.remote(), timeout=10)
+                                         for n in names), return_exceptions=True)
+        keep = ("replica_id", "base", "variant", "device", "loaded", "resident_adapters", "queue_depth")
+        return {n: ({k: r.get(k) for k in keep} if not isinstance(r, BaseException)
+                    else {"error": (str(r).splitlines() or [type(r).__name__])[0]})
+                for n, r in zip(names, replies)}
 
     async def _answer(self, agent: str, body: dict[str, Any], strict: bool) -> dict[str, Any]:
         return await self._agent_handles[agent].answer.remote(body, strict)
@@ -93,13 +120,14 @@ def _serve_http_host() -> str | None:
         return f"<unknown: {type(exc).__name__}>"
 
 
-def build_ingress(settings: IngressSettings | dict | None, *, map_path: str | None, store_root: str, llm: Application,
-                  agents: dict[str, Application], embedding_model: str | None = None,
-                  canary: Application | None = None) -> Application:
-    """Bind the ingress to the BaseLLM, agent and canary controller applications."""
+def build_ingress(settings: IngressSettings | dict | None, *, map_path: str | None, store_root: str,
+                  pools: dict[str, Application], routes: dict[str, list[str]], agents: dict[str, Application],
+                  embedding_model: str | None = None, canary: Application | None = None) -> Application:
+    """Bind the ingress to the base pools, agent and canary controller applications."""
     settings = IngressSettings.model_validate(settings or {})
     deployment = serve.deployment(
         IngressDeployment, name="Ingress", num_replicas=settings.num_replicas,
         # Serve must let requests through to the ingress' own limit, which answers 503 with a JSON body.
         max_ongoing_requests=settings.max_in_flight + 16, ray_actor_options=settings.ray_actor_options)
-    return deployment.bind(settings.model_dump(), map_path, store_root, llm, agents, embedding_model, canary)
+    return deployment.bind(settings.model_dump(), map_path, store_root, pools, routes, agents, embedding_model,
+                           canary)

@@ -73,6 +73,7 @@ class IngressServer:
         embedding_model: the embeddings model name, listed by ``/v1/models``.
         status: returns ``{deployment: status}`` for ``/healthz`` (None: not reported).
         agent_stats: returns every agent's totals for ``/stats``.
+        pool_stats: returns each base pool's loaded variant/device/bytes and plan for ``/stats``.
         canary_status: returns the canary controller's view for ``/canary`` (None: not served).
         http_host: the address Serve's HTTP proxy binds, as the Serve controller reports it (None: unknown to
             the caller; ``settings.http_host`` is checked either way).
@@ -84,13 +85,15 @@ class IngressServer:
     def __init__(self, settings: IngressSettings, agent_map: AgentMap, store: Any, *, llm: LLMCall, agent: AgentCall,
                  embedding_model: str | None = None, status: Callable[[], Awaitable[dict[str, str]]] | None = None,
                  agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-                 canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None, http_host: str | None = None):
+                 canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None, http_host: str | None = None,
+                 pool_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None):
         self.settings = settings
         self.map = agent_map
         self.store = store
         self._llm, self._agent = llm, agent
         self.embedding_model = embedding_model
         self._status, self._agent_stats, self._canary_status = status, agent_stats, canary_status
+        self._pool_stats = pool_stats
         self.guard = TokenGuard.from_env(settings.api_token_env, settings.admin_token_env)
         self.guard.check_binding([settings.http_host, http_host])
         self.in_flight = 0
@@ -178,6 +181,9 @@ class IngressServer:
         return await self._canary_status()
 
     async def stats(self) -> dict[str, Any]:
-        """``GET /stats``: ingress counters and every agent's request and fallback totals."""
+        """``GET /stats``: ingress counters, every agent's request and fallback totals (and pool route), and
+        what one replica of each base pool loaded against its plan."""
         agents = await self._agent_stats() if self._agent_stats is not None else {}
-        return {"ingress": {"in_flight": self.in_flight, "rejected_overload": self.rejected}, "agents": agents}
+        pools = await self._pool_stats() if self._pool_stats is not None else {}
+        return {"ingress": {"in_flight": self.in_flight, "rejected_overload": self.rejected}, "agents": agents,
+                "pools": pools}

@@ -103,6 +103,13 @@ class LLMMetrics:
         self.pool_rejections = metrics.Counter(
             p + "pool_rejections", description="Requests refused because the replica's pool was out of capacity "
             "(overloaded, adapter capacity, OOM), by base variant.", tag_keys=("variant", "reason"))
+        self.base_loaded_bytes = metrics.Gauge(
+            p + "base_loaded_bytes", description="Bytes of the base weights this replica loaded, by the variant and "
+            "device it loaded them as.", tag_keys=("variant", "device"))
+        self.plan_mismatch = metrics.Gauge(
+            p + "plan_mismatch", description="1 when the replica loaded another variant or device than the placement "
+            "plan chose for its pool (or more weights than its budget), else 0.",
+            tag_keys=("variant", "device", "planned_variant", "planned_device"))
         self.totals: dict[str, Any] = {
             "preload_failures": _Tally(),
             "adapter_swaps": _Tally(),
@@ -115,6 +122,14 @@ class LLMMetrics:
             "requests": _Tally(),
             "generated_tokens": _Tally(),
         }
+
+    def set_loaded(self, report: dict[str, Any]) -> None:
+        """Export a :class:`~deployments.loaded.LoadedReport` (as a dict)."""
+        tags = {"variant": report["variant"], "device": report["device"].split(":")[0]}
+        self.base_loaded_bytes.set(report["weight_bytes"], tags=tags)
+        planned = report.get("planned") or {}
+        self.plan_mismatch.set(1 if report["mismatches"] else 0, tags={
+            **tags, "planned_variant": planned.get("variant", "none"), "planned_device": planned.get("device", "none")})
 
     def adapter_loaded(self, adapter: str, seconds: float) -> None:
         self.adapter_loads.inc(tags={"adapter": adapter})

@@ -19,9 +19,10 @@ from deployments.adapters import AdapterHandle, AdapterPool
 from deployments.batcher import BatcherClosed, BatchRecord, MixedBatcher
 from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
 from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error
+from deployments.loaded import LoadedReport
 from deployments.metrics import BASE_TAG, LLMMetrics
 from deployments.protocol import GenerateRequest, GenerateResponse
-from deployments.settings import BaseLLMSettings, RuntimeConfig, check_runtime_fits
+from deployments.settings import BaseLLMSettings, RuntimeConfig, check_runtime_fits, resolve_device
 
 __all__ = ["BaseLLMServer", "validation_message"]
 
@@ -52,6 +53,8 @@ class BaseLLMServer:
         from modelstore import ModelStore
         from modelstore.loading import load_base
 
+        planned = settings.planned
+        settings = settings.model_copy(update={"device": resolve_device(settings.device, planned and planned.device)})
         self.settings = settings
         self.replica_id = replica_id
         self.store = store if store is not None else ModelStore(settings.store_root)
@@ -61,12 +64,15 @@ class BaseLLMServer:
         self.variant = loaded.variant
         if loaded.fallback_reason:
             log.warning("base variant fallback: %s", loaded.fallback_reason)
+        self.loaded = LoadedReport.of(loaded.model, self.variant, settings, planned)
+        (log.info if self.loaded.matches_plan else log.warning)("%s", self.loaded.describe())
         self.engine = InferenceEngine(loaded.model, loaded.tokenizer, settings.engine)
         self.metrics = LLMMetrics()
         self.adapters = AdapterPool(self.store, self.engine, self.base_ref, self.metrics,
                                     verify=settings.verify_adapters, variant=self.variant)
         self.in_flight = 0
         self.metrics.declare(self.variant)
+        self.metrics.set_loaded(self.loaded.model_dump())
         self._export_free_slots()
         self.runtime = settings.runtime
         self.batcher: MixedBatcher[GenerationRequest, GenerationResult] = MixedBatcher(
@@ -137,6 +143,7 @@ class BaseLLMServer:
         """Set every gauge again: Ray exports a gauge only when it was set since its last report."""
         self.metrics.set_resident(len(self.adapters.resident()))
         self.metrics.set_queue_depth(self.batcher.queued)
+        self.metrics.set_loaded(self.loaded.model_dump())
         self._export_free_slots()
 
     def _track(self, delta: int) -> None:
@@ -236,6 +243,8 @@ class BaseLLMServer:
             "replica_id": self.replica_id,
             "base": str(self.base_ref),
             "variant": self.variant,
+            "device": self.settings.device,
+            "loaded": self.loaded.model_dump(),
             "runtime": self.runtime.model_dump(),
             "adapter_loads": dict(self.adapters.loads),
             "engine_adapter_loads": self.adapters.engine_loads,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.engine import EngineConfig
 
-__all__ = ["RuntimeConfig", "BaseLLMSettings", "check_runtime_fits", "unflatten_args"]
+__all__ = ["RuntimeConfig", "PlannedLoad", "BaseLLMSettings", "check_runtime_fits", "resolve_device", "unflatten_args"]
 
 Variant = Literal["fp32", "bf16", "fp16", "bnb-int8", "bnb-4bit"]
 
@@ -42,6 +42,19 @@ class RuntimeConfig(BaseModel):
     )
 
 
+class PlannedLoad(BaseModel):
+    """What the placement plan expects a replica to load; the replica compares it with what it loaded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str = Field(min_length=1, description="The pool (deployment) name.")
+    variant: Variant = Field(description="Planned base variant.")
+    device: Literal["cuda", "cpu"] = Field(description="Planned device.")
+    memory_budget_mb: int | None = Field(None, ge=1, description="Planned replica memory (weights + KV + "
+                                         "adapters + context), MiB; None without a plan.")
+    inventory: str = Field("none", description="The inventory the plan was made for.")
+
+
 class BaseLLMSettings(BaseModel):
     """Everything that shapes one BaseLLM deployment; the builder turns it into Serve options."""
 
@@ -54,7 +67,10 @@ class BaseLLMSettings(BaseModel):
     variant: Variant | None = Field(
         None, description="Base weights variant; None takes the manifest's variant_preference."
     )
-    device: str = Field("cpu", description="Torch device of the base, e.g. 'cpu' or 'cuda'.")
+    device: str = Field("auto", description="Torch device of the base: 'auto' (CUDA when the replica sees a GPU "
+                        "and the plan gave it one, else the CPU), or explicitly 'cpu', 'cuda', 'cuda:1' ...")
+    planned: PlannedLoad | None = Field(None, description="What the placement plan chose for this pool; the "
+                                        "replica exports whether what it loaded matches.")
     verify_adapters: bool = Field(
         True, description="Recompute an adapter's checksums before loading it (refuses corrupt publishes)."
     )
@@ -109,6 +125,16 @@ def check_runtime_fits(runtime: RuntimeConfig, engine: EngineConfig) -> None:
             f"runtime.max_num_models_per_replica ({runtime.max_num_models_per_replica}) must be <= "
             f"engine.max_loaded_adapters ({engine.max_loaded_adapters})"
         )
+
+
+def resolve_device(device: str, planned: str | None = None) -> str:
+    """The torch device a replica loads on: an explicit ``device`` as given; ``auto`` is CUDA when CUDA is
+    visible to this process and the plan (if any) gave the replica a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and planned in (None, "cuda") else "cpu"
 
 
 def unflatten_args(args: dict[str, Any]) -> dict[str, Any]:

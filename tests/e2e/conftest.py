@@ -1,8 +1,9 @@
 """One JustNews cluster for the e2e tests, started the way an operator starts it: ``serve run`` on a config.
 
-The config is ``serve_config.yaml`` with the operator-facing knobs changed for a test: a temporary
-seeded store, a copy of the agent map whose synthesizer routes its ``summary`` task to a corrupt adapter
-(the fallback tests), a free port, one BaseLLM replica and a small in-flight limit (the overload test).
+The config is what ``justnews plan --emit-serve-config`` writes for this machine (a CPU inventory) over a
+temporary seeded store and a copy of the agent map whose synthesizer routes its ``summary`` task to a
+corrupt adapter (the fallback tests); the test then sets a free port, one replica per base pool and a small
+in-flight limit (the overload test). The placement itself is applied unchanged.
 ``RAY_ADDRESS=local`` makes ``serve run`` start its own Ray cluster, so a cluster another process runs
 on this machine is never joined; the bearer token comes from the environment, as in production.
 """
@@ -90,12 +91,24 @@ def _write_map(directory: Path) -> Path:
     return path
 
 
+# This machine as an operator would describe it: one CPU node (2 cores on CI).
+E2E_INVENTORY = {"name": "e2e-cpu", "nodes": [{"name": "e2e", "cpus": 2, "memory_gb": 12}]}
+
+
 def _write_config(path: Path, port: int, store_root: Path, map_path: Path) -> None:
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    """``justnews plan --emit-serve-config`` (the map asks for an fp32 and a bnb-int8 pool), then the test knobs."""
+    from cluster.cli import main as justnews
+
+    inventory = path.with_name("inventory.yaml")
+    inventory.write_text(yaml.safe_dump(E2E_INVENTORY))
+    # Half a CPU per pool replica: two pools and the embeddings deployment must fit 2 cores.
+    assert justnews(["plan", "--inventory", str(inventory), "--store-root", str(store_root), "--map", str(map_path),
+                     "--set", "num_cpus_per_replica=0.5", "--emit-serve-config", str(path)]) == 0
+    config = yaml.safe_load(path.read_text())
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
-    args.update(store_root=str(store_root), map_path=str(map_path), llm={"num_replicas": 1})
-    args["ingress"]["max_in_flight"] = MAX_IN_FLIGHT
+    args["llm"] = {"num_replicas": 1}  # one replica per pool (the plan's autoscaling would start with one too)
+    args["ingress"] = {"max_in_flight": MAX_IN_FLIGHT}
     args["canary"] = {"interval_s": 1}  # the gate ticks every second (the rollout tests use short windows)
     path.write_text(yaml.safe_dump(config))
 

@@ -48,7 +48,7 @@ def test_healthz_reports_every_deployment_healthy(cluster):
     _, served = _served()
     with cluster.client() as client:
         health = client.get("/healthz").json()
-    expected = {"Ingress", "BaseLLM", "Embeddings", *(f"Agent-{n}" for n in served)}
+    expected = {"Ingress", "BaseLLM-fp32", "BaseLLM-bnb-int8", "Embeddings", *(f"Agent-{n}" for n in served)}
     assert health["status"] == "ok"
     assert expected <= set(health["deployments"])
     assert set(health["deployments"].values()) == {"HEALTHY"}
@@ -239,3 +239,35 @@ def test_hot_swap_under_load_loses_no_request_and_names_each_version(cluster, tm
         assert ranks == sorted(ranks), calls  # a caller never goes back to an older version
     assert {v for calls in seen for v in calls} == set(order)
     assert all(calls[-1] == "hot-3" for calls in seen)
+
+
+def test_each_agent_is_answered_by_the_pool_its_preferences_require(cluster):
+    """Two base pools from the plan (fp32 on the CPU, bnb-int8 for the agents that prefer it); the response
+    and /stats say which pool answered, and /stats reads back what each pool's replica loaded."""
+    agent_map, served = _served()
+    llm = [n for n in served if agent_map.agents[n].kind == "llm"]
+    replies = asyncio.run(_post_all(cluster, [(f"/agents/{n}", get_spec(n).example.model_dump(mode="json"))
+                                              for n in llm]))
+    answered = {}
+    for name, reply in zip(llm, replies):
+        assert reply.status_code == 200, (name, reply.text)
+        body = reply.json()
+        answered[name] = body["pool"]
+        if body["step"] == "legacy":
+            assert body["pool"] is None
+            continue
+        assert body["pool"] == ("BaseLLM-bnb-int8" if name in ("analyst", "re_ranker") else "BaseLLM-fp32"), name
+        if not agent_map.agents[name].allow_quantized:
+            assert body["pool"] != "BaseLLM-bnb-int8"
+    assert "BaseLLM-bnb-int8" in answered.values() and "BaseLLM-fp32" in answered.values()
+    with cluster.client() as client:
+        stats = client.get("/stats").json()
+    for pool, variant in (("BaseLLM-fp32", "fp32"), ("BaseLLM-bnb-int8", "bnb-int8")):
+        loaded = stats["pools"][pool]["loaded"]  # read from the replica, not from the plan
+        assert (loaded["pool"], loaded["variant"], loaded["device"]) == (pool, variant, "cpu")
+        assert loaded["weight_bytes"] > 0 and loaded["mismatches"] == []
+        assert loaded["planned"]["variant"] == variant and loaded["planned"]["inventory"] == "e2e-cpu"
+    for agent in ("critic", "chief_editor", "fact_checker"):
+        assert stats["agents"][agent]["pools"]["route"] == ["BaseLLM-fp32"]
+    assert stats["agents"]["analyst"]["pools"]["route"] == ["BaseLLM-bnb-int8", "BaseLLM-fp32"]
+    assert stats["agents"]["analyst"]["pools"]["answered"].get("BaseLLM-bnb-int8", 0) >= 1

@@ -30,8 +30,14 @@ COMMITTED_LAUNCHER = REPO / "cluster" / "launcher" / "justnews-vms.yaml"
 @pytest.fixture
 def fixture_serve_config(tmp_path) -> Path:
     """A planned serve config (what `justnews plan --emit-serve-config` writes) for rtx3090-2node."""
-    inv = load_inventory("rtx3090-2node")
-    return write_serve_config(plan(inv, [demand(min_replicas=1)]), tmp_path / "serve_config.yaml")
+    from cluster import AgentNeed, placement_from_plan, plan_pools
+
+    from .conftest import adapters, mistral_base
+
+    needs = [AgentNeed(agent=a, variant_preference=pref, allow_quantized=q, adapters=adapters(1))
+             for a, pref, q in (("critic", ("bf16", "fp16"), False), ("analyst", ("bnb-int8", "bf16"), True))]
+    placement = placement_from_plan(*plan_pools(needs, mistral_base(), load_inventory("rtx3090-2node")))
+    return write_serve_config(placement, tmp_path / "serve_config.yaml", host="0.0.0.0")
 
 
 def check_rayservice(doc: dict, serve_config_text: str) -> None:
@@ -67,7 +73,8 @@ def test_manifest_embeds_the_serve_config_verbatim_with_a_gpu_worker_group(fixtu
     assert env == {"MODEL_STORE_ROOT": "/models", "BNB_CUDA_VERSION": "122"}  # tokens: tests/unit/ops/test_security_posture.py
     # The embedded config is itself the plan: Serve's schema accepts it and the options survive.
     embedded = yaml.safe_load(doc["spec"]["serveConfigV2"])
-    assert embedded["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] >= 1
+    pools = embedded["applications"][0]["args"]["placement"]["pools"]
+    assert all(p["serve_options"]["autoscaling_config"]["max_replicas"] >= 1 for p in pools.values())
 
 
 def test_cli_writes_the_manifest_inventory_from_the_plan_header(fixture_serve_config, tmp_path, capsys):

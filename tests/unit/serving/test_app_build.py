@@ -1,5 +1,5 @@
-"""build_app without a cluster: it fails fast on a store that lacks something, and applies the plan's
-BaseLLM options below explicit args."""
+"""build_app without a cluster: it fails fast on a store that lacks something, applies an emitted placement
+unchanged (round trip: emit, build, compare what Serve receives), and puts explicit args above the plan."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from deployments.app import AppBuildError, AppSettings, build_app, llm_settings
+from deployments.app import AppBuildError, AppSettings, build_app, plan_placement, pool_settings
 
 
 def test_a_missing_store_fails_fast_saying_how_to_build_it(tmp_path):
@@ -33,20 +33,84 @@ def test_the_shipped_serve_config_builds_on_a_seeded_store(seeded_store_root):
     assert build_app(args) is not None
 
 
-def test_plan_options_apply_and_explicit_args_win(seeded_store_root):
+def _pools(app) -> dict:
+    """Pool name -> its bound Serve deployment, read off the built application (the ingress' bound args)."""
+    pools = next(arg for arg in app._bound_deployment.init_args if isinstance(arg, dict) and arg
+                 and all(str(k).startswith("BaseLLM-") for k in arg))
+    return {name: node._bound_deployment for name, node in pools.items()}
+
+
+def _serve_options(dep) -> dict:
+    """The options Serve receives for one deployment, in the shape of the placement's serve_options."""
+    cfg = dep._deployment_config
+    auto = cfg.autoscaling_config
+    return {"ray_actor_options": dep.ray_actor_options, "max_ongoing_requests": cfg.max_ongoing_requests,
+            "autoscaling_config": auto, "user_config": cfg.user_config}
+
+
+def test_an_emitted_plan_builds_unchanged_and_serve_gets_its_options(seeded_store_root, tmp_path):
+    from cluster.cli import main
+
+    out = tmp_path / "planned.yaml"
+    assert main(["plan", "--inventory", "h200-1gpu", "--store-root", str(seeded_store_root),
+                 "--emit-serve-config", str(out)]) == 0
+    args = yaml.safe_load(out.read_text())["applications"][0]["args"]
+    placement = args["placement"]
+    pools = _pools(build_app(args))
+    assert set(pools) == set(placement["pools"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8"}
+    for name, dep in pools.items():
+        planned = placement["pools"][name]
+        got = _serve_options(dep)
+        want = planned["serve_options"]
+        assert got["ray_actor_options"] == want["ray_actor_options"]
+        assert got["max_ongoing_requests"] == want["max_ongoing_requests"]
+        auto = want["autoscaling_config"]
+        assert (got["autoscaling_config"].min_replicas, got["autoscaling_config"].max_replicas) == \
+            (auto["min_replicas"], auto["max_replicas"])
+        assert got["autoscaling_config"].policy.policy_kwargs == auto["policy"]["policy_kwargs"]
+        assert {k: got["user_config"][k] for k in want["user_config"]} == want["user_config"]
+        settings = dep.init_args[0]
+        assert settings["deployment_name"] == name and settings["variant"] == planned["variant"]
+        assert settings["device"] == "auto"  # resolved on the replica: CUDA only if it sees a GPU
+        assert settings["planned"] == {"pool": name, "variant": planned["variant"], "device": "cuda",
+                                       "memory_budget_mb": planned["memory_budget_mb"], "inventory": "h200-1gpu"}
+        assert settings["preload_adapters"] == planned["adapters"]
+
+
+def test_a_placement_that_sends_a_never_quantized_agent_to_int8_is_refused(seeded_store_root, tmp_path):
+    from cluster.cli import main
+
+    out = tmp_path / "planned.yaml"
+    assert main(["plan", "--inventory", "cpu-only", "--store-root", str(seeded_store_root),
+                 "--emit-serve-config", str(out)]) == 0
+    args = yaml.safe_load(out.read_text())["applications"][0]["args"]
+    args["placement"]["routes"]["critic"] = ["BaseLLM-bnb-int8"]
+    with pytest.raises(AppBuildError, match=r"agent 'critic' may not use pool 'BaseLLM-bnb-int8'"):
+        build_app(args)
+    del args["placement"]["routes"]["critic"]
+    with pytest.raises(AppBuildError, match=r"agent 'critic' has no pool"):
+        build_app(args)
+
+
+def test_placement_then_llm_then_pool_args(seeded_store_root):
+    from agent_graph import load_agent_map
     from modelstore import ModelStore
 
     store = ModelStore(seeded_store_root)
-    planned = llm_settings(AppSettings(store_root=str(seeded_store_root), inventory="cpu-only"), store,
-                           "base_models@v1-tiny-mistral")
-    assert planned.autoscaling_config and planned.ray_actor_options.get("memory")
-    explicit = llm_settings(AppSettings(store_root=str(seeded_store_root), inventory="cpu-only",
-                                        llm={"num_replicas": 1, "ray_actor_options": {"num_cpus": 1},
-                                             "runtime": {"max_batch_size": 4}}), store, "base_models@v1-tiny-mistral")
-    assert explicit.autoscaling_config is None and explicit.num_replicas == 1
-    assert explicit.ray_actor_options == {"num_cpus": 1}
-    assert explicit.runtime.max_batch_size == 4
-    assert explicit.runtime.max_num_models_per_replica == planned.runtime.max_num_models_per_replica
+    settings = AppSettings(store_root=str(seeded_store_root), inventory="cpu-only", llm={"num_replicas": 1},
+                           pools={"BaseLLM-bnb-int8": {"runtime": {"max_batch_size": 4}}})
+    placement = plan_placement(settings, store, load_agent_map())
+    assert {n: p.variant for n, p in placement.pools.items()} == {"BaseLLM-fp32": "fp32", "BaseLLM-bnb-int8": "bnb-int8"}
+    full = pool_settings(settings, store, placement, "BaseLLM-fp32")
+    int8 = pool_settings(settings, store, placement, "BaseLLM-bnb-int8")
+    assert full.autoscaling_config is None and full.num_replicas == 1  # explicit replicas turn autoscaling off
+    assert full.ray_actor_options["memory"] == placement.pools["BaseLLM-fp32"].memory_budget_mb * 1024 * 1024
+    assert full.runtime.max_batch_size == 8 and int8.runtime.max_batch_size == 4
+    assert int8.runtime.max_num_models_per_replica == 2  # analyst + re_ranker
+    with pytest.raises(ValueError, match=r"llm args \['deployment_name'\] are set by the placement"):
+        AppSettings(llm={"deployment_name": "X"})
+    with pytest.raises(AppBuildError, match="pool names are 'BaseLLM-<variant>'"):
+        build_app({"store_root": str(seeded_store_root), "inventory": "none", "pools": {"BaseLLM": {}}})
 
 
 def test_bad_settings_name_the_value_and_the_limit(seeded_store_root):
