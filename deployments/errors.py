@@ -19,6 +19,9 @@ __all__ = [
     "InvalidRequestError",
     "AdapterNotFoundError",
     "RequestTooLargeError",
+    "LimitExceededError",
+    "SchemaTooLargeError",
+    "SchemaCompileTimeoutError",
     "AdapterLoadFailedError",
     "OverloadedError",
     "InternalError",
@@ -58,6 +61,24 @@ class RequestTooLargeError(ServeError, ValueError):
 
     status_code = 413
     error_type = "request_too_large"
+
+
+class LimitExceededError(InvalidRequestError):
+    """A caller-controlled value breaks an admission limit (``deployments/limits.py``) (400)."""
+
+    error_type = "limit_exceeded"
+
+
+class SchemaTooLargeError(RequestTooLargeError):
+    """A JSON schema is larger than ``max_schema_bytes`` (413)."""
+
+    error_type = "schema_too_large"
+
+
+class SchemaCompileTimeoutError(InvalidRequestError):
+    """A JSON schema's own grammar compile ran past ``grammar_compile_timeout_s`` (400: simplify the schema)."""
+
+    error_type = "schema_compile_timeout"
 
 
 class AdapterLoadFailedError(ServeError):
@@ -105,6 +126,8 @@ def to_serve_error(exc: BaseException) -> ServeError:
         (store_errors.RefError, InvalidRequestError),
         (store_errors.NotFoundError, AdapterNotFoundError),
         (store_errors.ModelStoreError, AdapterLoadFailedError),
+        (engine_errors.GrammarCompileTimeout, SchemaCompileTimeoutError),
+        (engine_errors.GrammarCompileBusy, OverloadedError),
         (engine_errors.RequestTooLarge, RequestTooLargeError),
         (engine_errors.BatchTooLarge, RequestTooLargeError),
         (engine_errors.InvalidSchema, InvalidRequestError),

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from agent_graph import AgentMap
 from deployments.errors import InvalidRequestError
 from deployments.http_errors import ModelNotFoundError
+from deployments.limits import check_json_schema, check_prompt
 from deployments.openai_protocol import (ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ModelCard,
                                          ModelList, Usage, completion_id)
 
@@ -54,7 +55,16 @@ def resolve_model(model: str, agent_map: AgentMap) -> str:
 
 
 def generate_body(req: ChatCompletionRequest, default_max_tokens: int) -> dict[str, Any]:
-    """The BaseLLM ``GenerateRequest`` body of a chat completion."""
+    """The BaseLLM ``GenerateRequest`` body of a chat completion, after the admission limits the body's type
+    cannot express (sizes: 413; schema shape: 400), so a refused request costs the replicas nothing.
+
+    Raises:
+        LimitExceededError, RequestTooLargeError, SchemaTooLargeError: see ``deployments.limits``.
+    """
+    check_prompt(None, [m.content for m in req.messages])
+    schema = req.response_format.schema_dict() if req.response_format is not None else None
+    if schema is not None:
+        check_json_schema(schema, field="response_format.json_schema.schema")
     body: dict[str, Any] = {
         "messages": [m.model_dump(include={"role", "content"}) for m in req.messages],
         "max_new_tokens": req.new_tokens(default_max_tokens),
@@ -64,7 +74,7 @@ def generate_body(req: ChatCompletionRequest, default_max_tokens: int) -> dict[s
         "seed": req.seed,
     }
     if req.response_format is not None:
-        body["json_schema"] = req.response_format.schema_dict()
+        body["json_schema"] = schema
     return body
 
 

@@ -4,7 +4,8 @@ Only what the newsroom's clients use is modelled, but what is modelled follows t
 official ``openai`` client parses it: ``response_format`` with ``json_schema`` (constrained decoding),
 ``stream`` (server-sent events of ``chat.completion.chunk``), ``stop``, ``seed`` and ``usage``.
 Unknown request fields are ignored, as OpenAI-compatible servers commonly do, except ``n`` > 1 and
-tools, which are refused rather than silently dropped.
+tools, which are refused rather than silently dropped. Every bound on a caller's value comes from
+``deployments/limits.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments.limits import LIMITS, ChoiceCount, MaxNewTokens, Seed, check_stops
 
 __all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "StreamOptions", "ChatCompletionRequest",
            "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id"]
@@ -30,7 +33,7 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"] = Field(description="Speaker.")
-    content: str = Field(max_length=200_000, description="Text of the turn.")
+    content: str = Field(description="Text of the turn (at most max_prompt_chars, 413 beyond).")
 
 
 class JsonSchemaFormat(BaseModel):
@@ -79,17 +82,17 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200, description="Agent name, 'base', or 'base:<agent>/<adapter>@<version>'.")
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=256, description="The conversation.")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (alias max_completion_tokens).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=LIMITS.max_messages, description="The conversation.")
+    max_tokens: MaxNewTokens | None = Field(None, description="Most tokens to generate (alias max_completion_tokens).")
+    max_completion_tokens: MaxNewTokens | None = Field(None, description="Newer name of max_tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     stop: str | list[str] | None = Field(None, description="Stop string(s).")
-    seed: int | None = Field(None, description="Random seed for reproducible sampling.")
+    seed: Seed | None = Field(None, description="Random seed for reproducible sampling (int64 min .. uint64 max).")
     stream: bool = Field(False, description="Stream chat.completion.chunk events (server-sent events).")
     stream_options: StreamOptions | None = Field(None, description="Options of a streamed response.")
     response_format: ResponseFormat | None = Field(None, description="Output constraint.")
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    n: ChoiceCount = Field(1, description="Only one choice per request is supported.")
     user: str | None = Field(None, max_length=256, description="Caller tag (logged only).")
     tools: list[Any] | None = Field(None, description="Not supported: refused when non-empty.")
 
@@ -105,10 +108,7 @@ class ChatCompletionRequest(BaseModel):
     def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
         if v is None:
             return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError(f"stop takes at most 4 non-empty strings, got {len(stops)}")
-        return stops
+        return check_stops([v] if isinstance(v, str) else v)
 
     def new_tokens(self, default: int) -> int:
         """The requested completion budget, or ``default``."""

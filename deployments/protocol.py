@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments.limits import LIMITS, MaxNewTokens, Seed, check_stops
 
 __all__ = ["ChatMessage", "GenerateRequest", "GenerateResponse", "BASE_MODEL_IDS"]
 
@@ -33,16 +35,25 @@ class GenerateRequest(BaseModel):
 
     prompt: str | None = Field(None, min_length=1, description="Prompt text with the chat template already applied.")
     messages: list[ChatMessage] | None = Field(
-        None, min_length=1, description="Chat turns; the replica applies the base's chat template."
+        None, min_length=1, max_length=LIMITS.max_messages,
+        description="Chat turns; the replica applies the base's chat template."
     )
-    max_new_tokens: int = Field(64, ge=1, description="Most tokens to generate (capped by the engine's limit).")
+    max_new_tokens: MaxNewTokens = Field(64, description="Most tokens to generate (capped by the engine's limit).")
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation (trimmed from the text).")
-    seed: int | None = Field(None, description="Per-request random seed, for reproducible sampling.")
+    seed: Seed | None = Field(None, description="Per-request random seed, for reproducible sampling.")
     ignore_eos: bool = Field(False, description="Generate exactly max_new_tokens, past EOS (benchmarks).")
-    json_schema: dict[str, Any] | None = Field(None, description="JSON schema the completion must satisfy.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="JSON schema the completion must satisfy (size, depth, properties and enums bounded by "
+        "deployments.limits, checked by the replica before anything else)."
+    )
     request_id: str | None = Field(None, max_length=128, description="Caller's id, echoed back.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: list[str]) -> list[str]:
+        return check_stops(value)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "GenerateRequest":

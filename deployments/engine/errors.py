@@ -16,6 +16,8 @@ __all__ = [
     "TooManyAdapters",
     "InvalidSchema",
     "InvalidRequest",
+    "GrammarCompileTimeout",
+    "GrammarCompileBusy",
 ]
 
 
@@ -65,3 +67,15 @@ class InvalidRequest(EngineError, ValueError):
     """A request is malformed in a way its type cannot express (e.g. a prompt with no tokens)."""
 
     http_status = 400
+
+
+class GrammarCompileTimeout(EngineError, ValueError):
+    """A schema's own grammar compile ran longer than ``grammar_compile_timeout_s`` (or did so before)."""
+
+    http_status = 400
+
+
+class GrammarCompileBusy(EngineError):
+    """The compile pool is full, or a compile waited in its queue past the timeout; retrying may work."""
+
+    http_status = 503

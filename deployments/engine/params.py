@@ -6,11 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from deployments.limits import LIMITS, Seed, check_stops
+
 __all__ = ["SamplingParams", "GenerationRequest", "GenerationResult", "FinishReason"]
 
 FinishReason = Literal["stop", "length"]
 
-MAX_STOP_STRINGS = 8
+MAX_STOP_STRINGS = LIMITS.max_stop_strings
 
 
 class SamplingParams(BaseModel):
@@ -23,21 +25,20 @@ class SamplingParams(BaseModel):
     max_new_tokens: int = Field(64, ge=1, description="Most tokens to generate; the engine caps it at max_new_tokens_limit.")
     stop: list[str] = Field(
         default_factory=list,
-        max_length=MAX_STOP_STRINGS,
         description="Strings that end generation; the first match and everything after it is trimmed.",
     )
-    seed: int | None = Field(None, description="Seeds this row's own random generator; None draws a fresh seed.")
+    seed: Seed | None = Field(
+        None, description="Seeds this row's own random generator (int64 min .. uint64 max); None draws a fresh seed."
+    )
     ignore_eos: bool = Field(
         False, description="Keep generating past EOS until max_new_tokens (fixed output lengths for benchmarks)."
     )
 
     @field_validator("stop")
     @classmethod
-    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+    def _stops(cls, value: list[str]) -> list[str]:
         # An empty stop string would match at position 0 and end every row before its first token.
-        if any(s == "" for s in value):
-            raise ValueError("stop strings must be non-empty")
-        return value
+        return check_stops(value)
 
 
 class GenerationRequest(BaseModel):
@@ -52,6 +53,15 @@ class GenerationRequest(BaseModel):
         None, description="JSON schema the completion must match (compact JSON); stop strings are ignored then."
     )
     request_id: str | None = Field(None, description="Caller's id, echoed in logs only.")
+    grammar: Any = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description=(
+            "The compiled grammar of json_schema from InferenceEngine.precompile (an xgrammar CompiledGrammar); "
+            "without it the engine compiles the schema inside generate(), delaying the whole batch."
+        ),
+    )
 
 
 class GenerationResult(BaseModel):
