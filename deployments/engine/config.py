@@ -28,6 +28,20 @@ class EngineConfig(BaseModel):
     grammar_cache_size: int = Field(
         64, ge=1, description="Compiled JSON-schema grammars kept, keyed by the schema's JSON text."
     )
+    grammar_compile_workers: int = Field(
+        2, ge=1, description="Threads compiling JSON-schema grammars, off the decode loop (xgrammar releases the GIL)."
+    )
+    grammar_compile_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Longest a schema's own compile may run: a request waiting on it longer gets 400 and the schema is "
+            "refused at once from then on. Waiting that long for a free compile worker answers 503 instead."
+        ),
+    )
+    max_pending_grammar_compiles: int = Field(
+        16, ge=1, description="Distinct schemas compiling or queued to compile at once; one more is refused (503)."
+    )
     lora_kernel: Literal["gathered", "peft"] = Field(
         "gathered",
         description=(

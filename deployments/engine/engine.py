@@ -8,15 +8,18 @@ generate applies one sampling config and one stopping rule to the whole batch.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import xgrammar as xgr
 
 from .adapters import BASE_SLOT, AdapterRegistry
 from .config import EngineConfig
-from .constraints import GrammarCache
+from .constraints import GrammarCache, GrammarJob
 from .decode import DecodeRow, run_decode
 from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
 from .params import GenerationRequest, GenerationResult
@@ -105,6 +108,7 @@ class InferenceEngine:
 
         Raises:
             BatchTooLarge, RequestTooLarge, InvalidRequest, InvalidSchema, AdapterNotLoaded: before any compute.
+            GrammarCompileTimeout, GrammarCompileBusy: a row's schema was not precompiled and its compile failed.
         """
         if not requests:
             return []
@@ -158,14 +162,63 @@ class InferenceEngine:
         if unknown:
             # Checked again atomically by acquire(); this early check keeps grammar compiles off doomed batches.
             raise AdapterNotLoaded(f"adapter(s) {unknown} not loaded; loaded: {self.loaded_adapters()}")
-        grammars = [self._grammar_cache().get(r.json_schema) if r.json_schema is not None else None for r in requests]
+        grammars = [self._grammar_of(r) for r in requests]
         return [DecodeRow(ids, req.params, grammar, self.tokenizer) for ids, req, grammar in zip(encoded, requests, grammars)]
+
+    def _grammar_of(self, request: GenerationRequest) -> Any:
+        if request.json_schema is None:
+            return None
+        if isinstance(request.grammar, xgr.CompiledGrammar):
+            return request.grammar
+        # Not precompiled (a direct caller): compile on the pool now, inside this batch's call.
+        return self._grammar_cache().get(request.json_schema)
+
+    def submit_schema(self, schema: dict[str, Any]) -> GrammarJob:
+        """Start compiling ``schema`` on the compile pool (or find it cached / compiling); never blocks on it.
+
+        The first call builds the grammar cache (a scan of the vocabulary), so call it from a worker thread.
+
+        Raises:
+            InvalidSchema, GrammarCompileTimeout, GrammarCompileBusy: see ``GrammarCache.submit``.
+        """
+        return self._grammar_cache().submit(schema)
+
+    async def precompile(self, schema: dict[str, Any]) -> Any:
+        """Compile ``schema`` off the event loop and the decode loop; put the result in ``GenerationRequest.grammar``.
+
+        Waits for a free compile worker and then for the compile itself, each at most
+        ``grammar_compile_timeout_s``; a waiter that gives up leaves the compile running (others may share it).
+
+        Raises:
+            InvalidSchema: the schema does not compile (400).
+            GrammarCompileTimeout: its own compile ran past the timeout, now or before (400).
+            GrammarCompileBusy: the pool is full, or no worker was free within the timeout (503).
+        """
+        cache = self._grammars if self._grammars is not None else await asyncio.to_thread(self._grammar_cache)
+        job = cache.submit(schema)
+        since = time.monotonic()
+        done = asyncio.wrap_future(job.future)
+        try:
+            while True:
+                left = cache.wait_left(job, since)
+                try:
+                    # shield: giving up must not cancel a compile that other requests may be waiting for.
+                    return await asyncio.wait_for(asyncio.shield(done), left)
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            if not done.done():  # gave up: the outcome, when it comes, has no reader
+                done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _grammar_cache(self) -> GrammarCache:
         # Built on first use: TokenizerInfo scans the whole vocabulary, wasted on engines that never constrain.
         with self._grammar_lock:
             if self._grammars is None:
-                self._grammars = GrammarCache(self.tokenizer, self._vocab_size, self.config.grammar_cache_size)
+                cfg = self.config
+                self._grammars = GrammarCache(
+                    self.tokenizer, self._vocab_size, cfg.grammar_cache_size, workers=cfg.grammar_compile_workers,
+                    max_pending=cfg.max_pending_grammar_compiles, timeout_s=cfg.grammar_compile_timeout_s,
+                )
             return self._grammars
 
     # -- introspection ----------------------------------------------------------------------------
@@ -190,6 +243,8 @@ class InferenceEngine:
             "model_memory_bytes": mem["base_bytes"],
             "adapter_memory_bytes": mem["adapters_total_bytes"],
             "grammars_compiled": self._grammars.compiles if self._grammars is not None else 0,
+            "grammars_refused": self._grammars.refusals if self._grammars is not None else 0,
+            "grammar_compiles_pending": self._grammars.pending if self._grammars is not None else 0,
             **counters,
         }
 

@@ -1,0 +1,142 @@
+"""The grammar compile pool on the real engine and tiny tokenizer: compiles run beside generation, shared,
+bounded and timed out; generate() uses a precompiled grammar as is. A test holds a compile on an Event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from deployments.engine import EngineConfig, GenerationRequest, InferenceEngine, SamplingParams
+from deployments.engine.constraints import GrammarCache
+from deployments.engine.errors import GrammarCompileBusy, GrammarCompileTimeout, InvalidSchema
+from tests.unit.engine.helpers import chat
+
+HELD = "held"
+
+
+def schema(name: str) -> dict:
+    return {"type": "object", "properties": {name: {"type": "boolean"}}, "required": [name]}
+
+
+@pytest.fixture
+def hold(monkeypatch):
+    """Compiles of schemas mentioning HELD block until ``hold.release`` is set; every compiled key is recorded."""
+    state = type("Hold", (), {})()
+    state.started, state.release, state.keys = threading.Event(), threading.Event(), []
+    real = GrammarCache._compile
+
+    def compile_(self, key):
+        state.keys.append(key)
+        if HELD in key:
+            state.started.set()
+            state.release.wait(60)
+        return real(self, key)
+
+    monkeypatch.setattr(GrammarCache, "_compile", compile_)
+    yield state
+    state.release.set()
+
+
+def make_engine(base_model, tokenizer, **config) -> InferenceEngine:
+    return InferenceEngine(base_model, tokenizer, EngineConfig(**config))
+
+
+def test_generation_completes_while_another_schema_is_still_compiling(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer)
+
+    async def run():
+        held = asyncio.create_task(engine.precompile(schema(HELD)))
+        await asyncio.to_thread(hold.started.wait, 30)
+        grammar = await engine.precompile(schema("quick"))
+        rows = [GenerationRequest(prompt=chat(tokenizer, "x"), json_schema=schema("quick"), grammar=grammar,
+                                  params=SamplingParams(max_new_tokens=16)),
+                GenerationRequest(prompt=chat(tokenizer, "y"), params=SamplingParams(max_new_tokens=4))]
+        results = await asyncio.to_thread(engine.generate, rows)
+        assert not held.done()  # generated while the held compile still runs
+        hold.release.set()
+        return results, await held
+
+    results, _ = asyncio.run(run())
+    assert json.loads(results[0].text) in ({"quick": True}, {"quick": False})
+    assert results[1].completion_tokens == 4
+
+
+def test_generate_uses_the_precompiled_grammar_without_compiling(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer)
+    grammar = asyncio.run(engine.precompile(schema("a")))
+    other_schema = schema("b")  # deliberately not the schema the grammar was compiled from
+    request = GenerationRequest(prompt=chat(tokenizer, "x"), json_schema=other_schema, grammar=grammar,
+                                params=SamplingParams(max_new_tokens=16))
+    result = engine.generate([request])[0]
+    assert json.loads(result.text).keys() == {"a"}  # the grammar given decided, nothing was compiled inside
+    assert hold.keys == [json.dumps(schema("a"), separators=(",", ":"))]
+
+
+def test_concurrent_requests_for_one_schema_share_one_compile(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer)
+
+    async def run():
+        tasks = [asyncio.create_task(engine.precompile(schema(HELD))) for _ in range(4)]
+        await asyncio.to_thread(hold.started.wait, 30)
+        hold.release.set()
+        return await asyncio.gather(*tasks)
+
+    grammars = asyncio.run(run())
+    assert len({id(g) for g in grammars}) == 1
+    assert len(hold.keys) == 1 and engine.stats()["grammars_compiled"] == 1
+
+
+def test_a_compile_past_the_timeout_is_refused_now_and_later_without_recompiling(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer, grammar_compile_timeout_s=0.2)
+    with pytest.raises(GrammarCompileTimeout, match=r"grammar_compile_timeout_s \(0.2s\)"):
+        asyncio.run(engine.precompile(schema(HELD)))
+    hold.release.set()
+    cache = engine._grammar_cache()
+    while cache.pending:
+        threading.Event().wait(0.05)
+    with pytest.raises(GrammarCompileTimeout, match="is refused"):
+        asyncio.run(engine.precompile(schema(HELD)))
+    assert len(hold.keys) == 1 and engine.stats()["grammars_refused"] == 1 and engine.stats()["grammars_compiled"] == 0
+
+
+def test_waiting_for_a_busy_pool_is_a_retryable_503_not_the_schemas_fault(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer, grammar_compile_workers=1, grammar_compile_timeout_s=0.2)
+
+    async def run():
+        held = asyncio.create_task(engine.precompile(schema(HELD)))
+        await asyncio.to_thread(hold.started.wait, 30)
+        with pytest.raises(GrammarCompileBusy, match="waited .* for a grammar compile worker") as caught:
+            await engine.precompile(schema("queued"))
+        hold.release.set()
+        await asyncio.gather(held, return_exceptions=True)
+        return caught.value
+
+    error = asyncio.run(run())
+    assert error.http_status == 503
+    # Once a worker is free the same schema compiles: being queued is not held against it.
+    assert asyncio.run(engine.precompile(schema("queued"))) is not None
+
+
+def test_more_pending_schemas_than_the_bound_are_refused_at_once(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer, grammar_compile_workers=1, max_pending_grammar_compiles=1)
+
+    async def run():
+        held = asyncio.create_task(engine.precompile(schema(HELD)))
+        await asyncio.to_thread(hold.started.wait, 30)
+        with pytest.raises(GrammarCompileBusy, match=r"max_pending_grammar_compiles is 1"):
+            await engine.precompile(schema("second"))
+        hold.release.set()
+        await held
+
+    asyncio.run(run())
+    assert hold.keys.count(json.dumps(schema("second"), separators=(",", ":"))) == 0
+
+
+def test_a_schema_xgrammar_rejects_is_invalid_schema_through_the_pool(base_model, tokenizer):
+    engine = make_engine(base_model, tokenizer)
+    with pytest.raises(InvalidSchema, match="cannot be compiled"):
+        asyncio.run(engine.precompile({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}))
+    assert engine.stats()["grammar_compiles_pending"] == 0
