@@ -66,13 +66,19 @@ def cmd_show(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from .health import version_names
+
     store = _store(args)
-    refs = [args.ref] if args.ref else [r.with_version(v) for r in store.namespaces() for v in store.versions(r)]
+    refs = [args.ref] if args.ref else [r.with_version(v) for r in store.namespaces() for v in version_names(store, r)]
     results, failed = [], False
     for ref in refs:
-        report = store.verify(ref)
-        failed |= not report.ok
-        results.append({"ref": str(report.ref), "ok": report.ok, "bad_files": report.bad_files})
+        try:
+            report = store.verify(ref)
+            ref, ok, bad = report.ref, report.ok, report.bad_files
+        except ModelStoreError as exc:  # an unreadable manifest is this version's finding, not the end
+            ok, bad = False, {"manifest.json": str(exc)}
+        failed |= not ok
+        results.append({"ref": str(ref), "ok": ok, "bad_files": bad})
     text = "\n".join(
         f"{'OK ' if r['ok'] else 'BAD'} {r['ref']}" + "".join(f"\n    {p}: {why}" for p, why in r["bad_files"].items())
         for r in results)
@@ -93,8 +99,17 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    removed = _store(args).gc(args.ref, args.keep)
-    _emit(args, {"removed": removed}, f"removed {len(removed)} version(s): {', '.join(removed) or '-'}")
+    if not args.ref and not args.staging:
+        raise ModelStoreError("gc needs a REF (old versions), --staging (leftovers of interrupted publishes), or both")
+    store, data, lines = _store(args), {}, []
+    if args.staging:
+        data["staging_removed"] = store.clean_staging(timeout=args.lock_timeout)
+        lines.append(f"removed {len(data['staging_removed'])} staging leftover(s): "
+                     f"{', '.join(data['staging_removed']) or '-'}")
+    if args.ref:
+        data["removed"] = store.gc(args.ref, args.keep)
+        lines.append(f"removed {len(data['removed'])} version(s): {', '.join(data['removed']) or '-'}")
+    _emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -158,12 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="recompute checksums (all versions when no ref)")
     ver.add_argument("ref", nargs="?")
     ver.set_defaults(func=cmd_verify)
-    gc = sub.add_parser("gc", help="delete old versions, never the current one")
-    gc.add_argument("ref")
+    gc = sub.add_parser("gc", help="delete old versions (never the current one) and/or staging leftovers")
+    gc.add_argument("ref", nargs="?", help="namespace whose old versions to delete")
     gc.add_argument("--keep", type=int, default=3)
+    gc.add_argument("--staging", action="store_true",
+                    help="remove what interrupted publishes left in .staging (waits for the store lock)")
+    gc.add_argument("--lock-timeout", type=float, default=10.0,
+                    help="seconds --staging waits for a running publish to release the store lock")
     gc.set_defaults(func=cmd_gc)
     chk = sub.add_parser("check", help="store-wide CI health check")
-    chk.add_argument("--fast", action="store_true", help="sizes only, no checksums")
+    chk.add_argument("--fast", action="store_true", help="sizes and safetensors headers, no sha256")
     chk.set_defaults(func=cmd_check)
     seed = sub.add_parser("seed", help="build the embedded offline default")
     seed.add_argument("--base-only", action="store_true")

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["CHUNK", "sha256_file", "copy_with_sha256", "fsync_dir", "atomic_write_text", "exchange_dirs",
+__all__ = ["CHUNK", "Progress", "sha256_file", "copy_with_sha256", "fsync_dir", "atomic_write_text", "exchange_dirs",
            "atomic_write_json", "atomic_symlink", "iter_files"]
 
 CHUNK = 8 * 1024 * 1024

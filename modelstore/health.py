@@ -4,6 +4,10 @@ Checks every namespace: ``current`` points at a published version; every manifes
 checksums match; VRAM figures are within sane bounds (enforced by the manifest model); the variants a
 base offers are consistent with its files; every adapter's base ref resolves and the adapter still fits
 that base; no publish was left half-way in ``.staging``.
+
+A check never stops at the first problem: each version is checked on its own and whatever goes wrong
+with one (a torn file, a corrupt header, an unreadable manifest) becomes a line of the report, so one
+run names every problem of the store.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from typing import TYPE_CHECKING
 
 from . import validate
 from .errors import ModelStoreError
-from .refs import CURRENT
+from .refs import CURRENT, ModelRef
 
 if TYPE_CHECKING:
     from .store import ModelStore
 
-__all__ = ["check_store"]
+__all__ = ["GC_STAGING_HINT", "check_store", "staging_problems", "version_names"]
+
+GC_STAGING_HINT = "run `modelstore gc --staging` to remove them (the next publish also does)"
 
 
 def _variant_problems(where: str, manifest, version_dir) -> list[str]:
@@ -29,7 +35,10 @@ def _variant_problems(where: str, manifest, version_dir) -> list[str]:
         validate.check_base_files(files)
     except ModelStoreError as exc:
         return [f"{where}: {exc}"]
-    config = json.loads((version_dir / "config.json").read_text())
+    try:
+        config = json.loads((version_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{where}: config.json: cannot be read as JSON ({exc})"]
     prequant = config.get("quantization_config")
     if prequant:
         # A pre-quantised snapshot can only be loaded as the variant it was quantised to.
@@ -42,13 +51,55 @@ def _variant_problems(where: str, manifest, version_dir) -> list[str]:
     return problems
 
 
+def version_names(store: "ModelStore", ns: ModelRef) -> list[str]:
+    """Every version directory of a namespace, with or without a readable manifest (sorted)."""
+    vdir = store.namespace_dir(ns) / "versions"
+    if not vdir.is_dir():
+        return []
+    return sorted(d.name for d in vdir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def staging_problems(store: "ModelStore") -> list[str]:
+    """Leftovers in ``.staging`` while no writer holds the store lock (a live publish's are not)."""
+    staging = store.root / ".staging"
+    leftovers = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
+    if not leftovers or _lock_held(store):
+        return []
+    shown = ", ".join(leftovers[:3]) + (f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else "")
+    return [f"{staging} holds {len(leftovers)} leftover(s) of an interrupted publish or gc ({shown}); "
+            + GC_STAGING_HINT]
+
+
+def _version_problems(store: "ModelStore", ref: ModelRef, checksums: bool) -> list[str]:
+    try:
+        resolved = store.resolve(ref)
+    except ModelStoreError as exc:
+        return [f"{ref}: {exc}"]
+    report = store.verify(ref, dry_run=not checksums, headers=True)
+    if report.bad_files:
+        # The fit checks below read these same files and would only repeat the finding.
+        return [f"{ref}: {path}: {why}" for path, why in sorted(report.bad_files.items())]
+    m = resolved.manifest
+    if m.kind == "base":
+        return _variant_problems(str(ref), m, resolved.path)
+    try:
+        base = store.resolve(m.adapter.base_ref)
+        validate.validate_adapter_against_base(resolved.path, base.path)
+    except ModelStoreError as exc:
+        return [f"{ref}: base {m.adapter.base_ref}: {exc}"]
+    return []
+
+
 def check_store(store: "ModelStore", *, checksums: bool = True) -> list[str]:
-    problems: list[str] = []
+    """Every problem of the store, one line each naming the ref and file (empty: healthy).
+
+    Args:
+        store: the store to check.
+        checksums: recompute sha256; False checks presence, sizes and safetensors headers only.
+    """
     if not store.root.is_dir():
         return [f"store root {store.root} does not exist"]
-    staging = store.root / ".staging"
-    if staging.is_dir() and any(staging.iterdir()) and not _lock_held(store):
-        problems.append(f"{staging} holds leftovers of an interrupted publish (the next publish removes them)")
+    problems = staging_problems(store)
     namespaces = list(store.namespaces())
     if not namespaces:
         problems.append(f"store {store.root} holds no models")
@@ -58,24 +109,12 @@ def check_store(store: "ModelStore", *, checksums: bool = True) -> list[str]:
             problems.append(f"{ns.namespace}: 'current' points at {os.readlink(link)!r}, which does not exist")
         elif not link.is_symlink():
             problems.append(f"{ns.namespace}: no 'current' version")
-        for version in store.versions(ns):
+        for version in version_names(store, ns):
             ref = ns.with_version(version)
             try:
-                resolved = store.resolve(ref)
-            except ModelStoreError as exc:
-                problems.append(f"{ref}: {exc}")
-                continue
-            report = store.verify(ref, dry_run=not checksums)
-            problems += [f"{ref}: {path}: {why}" for path, why in sorted(report.bad_files.items())]
-            m = resolved.manifest
-            if m.kind == "base":
-                problems += _variant_problems(str(ref), m, resolved.path)
-            else:
-                try:
-                    base = store.resolve(m.adapter.base_ref)
-                    validate.validate_adapter_against_base(resolved.path, base.path)
-                except ModelStoreError as exc:
-                    problems.append(f"{ref}: base {m.adapter.base_ref}: {exc}")
+                problems += _version_problems(store, ref, checksums)
+            except Exception as exc:  # noqa: BLE001 -- a checker reports what it cannot check and goes on
+                problems.append(f"{ref}: could not be checked: {type(exc).__name__}: {exc}")
     return problems
 
 

@@ -6,12 +6,13 @@ Layout (``root`` from ``MODEL_STORE_ROOT``)::
     <root>/base_models/current -> versions/<version>
     <root>/<agent>/adapters/<adapter>/versions/<version>/{manifest.json, adapter_config.json, ...}
     <root>/<agent>/adapters/<adapter>/current -> versions/<version>
-    <root>/.staging/   in-flight publishes (removed by the next publisher)
-    <root>/.lock       one writer at a time
+    <root>/.staging/   in-flight publishes (leftovers: ``modelstore gc --staging`` or the next publish)
+    <root>/.lock       one writer at a time: held from a publish's staging to its flip
 
 A publish copies into ``.staging`` while hashing, fsyncs every file and directory, renames the staged
 directory into ``versions/`` and only then flips ``current``. A publisher killed at any point leaves
-either the old store or the new version, never a half-written version under ``versions/``.
+either the old store or the new version, never a half-written version under ``versions/``; re-running
+the same publish completes it (same files: ``current`` is flipped, nothing is copied).
 """
 
 from __future__ import annotations
@@ -25,22 +26,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from . import validate
-from .errors import (ChecksumError, ManifestError, ModelStoreError, NotFoundError, VersionExistsError)
-from .fsutil import (atomic_symlink, atomic_write_json, copy_with_sha256, exchange_dirs, fsync_dir, iter_files,
-                     sha256_file)
+from .crashpoints import crash_point
+from .errors import ChecksumError, ManifestError, ModelStoreError, NotFoundError
+from .fsutil import atomic_symlink, fsync_dir
+from .history import append_event, read_events, replay
+from .integrity import file_problems
 from .manifest import AdapterInfo, FileEntry, Manifest, ModelMetadata, Source
 from .refs import BASE_NAMESPACE, CURRENT, AdapterRef, BaseRef, ModelRef, parse_ref, validate_version
-from .sources import refuse_pickles
+from .publish import MANIFEST, STAGING, publish_version, remove_leftovers
 
 __all__ = ["DEFAULT_ROOT", "default_root", "Resolved", "VerifyReport", "ModelStore"]
 
 DEFAULT_ROOT = Path.home() / ".local" / "share" / "justnews" / "model_store"
-MANIFEST = "manifest.json"
-HISTORY = "history.json"
 
 
 def default_root() -> Path:
@@ -80,9 +81,9 @@ class ModelStore:
             return self.root / BASE_NAMESPACE
         return self.root / ref.agent / "adapters" / ref.name
 
-    def _lock(self) -> FileLock:
+    def _lock(self, timeout: float = -1) -> FileLock:
         self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / ".lock"))
+        return FileLock(str(self.root / ".lock"), timeout=timeout)
 
     def current_version(self, ref: ModelRef | str) -> str | None:
         link = self.namespace_dir(ref) / CURRENT
@@ -118,6 +119,9 @@ class ModelStore:
             version = self.current_version(ref)
             if version is None:
                 raise NotFoundError(f"{ref}: namespace {ref.namespace!r} has no current version")
+        if (ns / "versions" / version).is_dir() and not (ns / "versions" / version / MANIFEST).is_file():
+            raise ManifestError(f"{ref.with_version(version)}: {ns / 'versions' / version / MANIFEST} is missing "
+                                "(re-publish the version with --force, or gc it)")
         if not (ns / "versions" / version / MANIFEST).is_file():
             known = ", ".join(self.versions(ref)) or "none"
             raise NotFoundError(f"{ref}: version {version!r} not found (published: {known})")
@@ -212,7 +216,8 @@ class ModelStore:
                 vram_notes=meta.vram_notes, notes=meta.notes,
             )
 
-        return self._publish(BaseRef(validate_version(version)), Path(source_dir), build, force, promote, include)
+        return publish_version(self, BaseRef(validate_version(version)), Path(source_dir), build, force=force,
+                               promote=promote, include=include)
 
     def publish_adapter(self, agent: str, name: str, source_dir: str | os.PathLike, version: str, *,
                         base_ref: str = "base_models@current", source: Source | None = None,
@@ -242,58 +247,7 @@ class ModelStore:
                 training_summary=training_summary, notes=notes,
             )
 
-        return self._publish(ref, Path(source_dir), build, force, promote)
-
-    def _publish(self, ref: ModelRef, source_dir: Path, build: Callable[[Path, list[FileEntry]], Manifest],
-                 force: bool, promote: bool, include: list[str] | None = None) -> Manifest:
-        if not source_dir.is_dir():
-            raise ModelStoreError(f"source directory {str(source_dir)!r} does not exist")
-        wanted = None if include is None else set(include)
-        rel_files = [f for f in iter_files(source_dir)
-                     if f.as_posix() != MANIFEST and (wanted is None or f.as_posix() in wanted)]
-        refuse_pickles(rel_files)
-        ns = self.namespace_dir(ref)
-        final = ns / "versions" / ref.version
-        with self._lock():
-            self._clean_staging()
-            if final.exists() and not force:
-                raise VersionExistsError(f"{ref} already exists; pass force=True (--force) to replace it")
-            staged = self.root / ".staging" / f"{uuid.uuid4().hex}"
-            staged.mkdir(parents=True)
-            files = self._copy_tree(source_dir, rel_files, staged)
-            manifest = build(staged, files)
-            atomic_write_json(staged / MANIFEST, json.loads(manifest.model_dump_json()))
-            for d in sorted({(staged / f.path).parent for f in files}, key=lambda p: -len(p.parts)):
-                fsync_dir(d)
-            (ns / "versions").mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                # --force: move the old version aside first; rename cannot replace a non-empty directory.
-                if exchange_dirs(staged, final):
-                    shutil.rmtree(staged, ignore_errors=True)  # now holds the old version
-                else:
-                    trash = self.root / ".staging" / f"old-{uuid.uuid4().hex}"
-                    os.rename(final, trash)
-                    os.rename(staged, final)
-                    shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(staged, final)
-            fsync_dir(ns / "versions")
-            if promote:
-                self._set_current(ref, ref.version, action="publish")
-        return manifest
-
-    def _copy_tree(self, source_dir: Path, rel_files: list[Path], staged: Path) -> list[FileEntry]:
-        total = sum((source_dir / f).stat().st_size for f in rel_files)
-        bar = self._bar(total, "copy+sha256")
-        entries = []
-        try:
-            for rel in rel_files:
-                size, digest = copy_with_sha256(source_dir / rel, staged / rel, bar.update if bar else None)
-                entries.append(FileEntry(path=rel.as_posix(), size=size, sha256=digest))
-        finally:
-            if bar:
-                bar.close()
-        return entries
+        return publish_version(self, ref, Path(source_dir), build, force=force, promote=promote, base_ref=str(base.ref))
 
     def _bar(self, total: int, desc: str):
         if not self.progress:
@@ -302,42 +256,44 @@ class ModelStore:
 
         return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
-    def _clean_staging(self) -> None:
-        """Remove what killed publishers left behind. Only called while holding the lock."""
-        staging = self.root / ".staging"
-        if staging.is_dir():
-            for leftover in staging.iterdir():
-                shutil.rmtree(leftover, ignore_errors=True)
+    def clean_staging(self, *, timeout: float = 10.0) -> list[str]:
+        """Remove what killed publishers and gc runs left in ``.staging``; return the names removed.
+
+        Every writer holds the store lock from creating its staging directory until it is renamed away,
+        so once this holds the lock nothing in ``.staging`` belongs to a live publisher.
+
+        Raises:
+            ModelStoreError: the lock stayed held for ``timeout`` seconds (a publish is running).
+        """
+        try:
+            with self._lock(timeout):
+                return remove_leftovers(self.root / STAGING)
+        except Timeout as exc:
+            raise ModelStoreError(f"the store lock {self.root / '.lock'} is still held after {timeout:g} s: a publish, "
+                                  "promote or gc is running and its staging is live; retry when it finishes") from exc
 
     # ---------------------------------------------------------------- current / history
-    def _history(self, ns: Path) -> list[dict[str, Any]]:
-        try:
-            return json.loads((ns / HISTORY).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return []
-
     def _stack(self, ref: ModelRef) -> list[str]:
-        """Replay promote/rollback events into the stack of versions that have been current."""
-        stack: list[str] = []
-        for ev in self._history(self.namespace_dir(ref)):
-            if ev.get("action") == "rollback":
-                if stack:
-                    stack.pop()
-            else:
-                stack.append(ev["version"])
+        stack = replay(read_events(self.namespace_dir(ref)))
         current = self.current_version(ref)
         if current and (not stack or stack[-1] != current):
             stack.append(current)  # the pointer is the truth if a crash fell between flip and log
         return stack
 
     def _set_current(self, ref: ModelRef, version: str, action: str) -> None:
+        """Flip ``current`` and log it; idempotent, so a re-run after a crash logs the flip once."""
         ns = self.namespace_dir(ref)
         previous = self.current_version(ref)
-        atomic_symlink(ns / CURRENT, f"versions/{version}")
-        events = self._history(ns)
-        events.append({"action": action, "version": version, "previous": previous,
-                       "at": datetime.now(timezone.utc).isoformat()})
-        atomic_write_json(ns / HISTORY, events)
+        if previous != version:
+            atomic_symlink(ns / CURRENT, f"versions/{version}")
+            crash_point("flip")
+        events = read_events(ns)
+        logged = replay(events)
+        if logged and logged[-1] == version:
+            return  # already current and logged: a second entry would make rollback a no-op
+        if previous == version:  # the flip happened, its event did not
+            previous = logged[-1] if logged else None
+        append_event(ns, events, action, version, previous)
 
     def promote(self, ref: ModelRef | str) -> ModelRef:
         """Point ``current`` at the ref's (explicit) version."""
@@ -361,12 +317,9 @@ class ModelStore:
             if len(stack) < 2:
                 raise ModelStoreError(f"{ref.namespace}: nothing to roll back to (history: {stack or 'empty'})")
             target = stack[-2]
-            atomic_symlink(self.namespace_dir(ref) / CURRENT, f"versions/{target}")
             ns = self.namespace_dir(ref)
-            events = self._history(ns)
-            events.append({"action": "rollback", "version": target, "previous": stack[-1],
-                           "at": datetime.now(timezone.utc).isoformat()})
-            atomic_write_json(ns / HISTORY, events)
+            atomic_symlink(ns / CURRENT, f"versions/{target}")
+            append_event(ns, read_events(ns), "rollback", target, stack[-1])
         return ref.with_version(target)
 
     def gc(self, ref: ModelRef | str, keep: int) -> list[str]:
@@ -382,7 +335,8 @@ class ModelStore:
             removed = [v for v in versions if v not in keep_set]
             ns = self.namespace_dir(ref)
             for v in removed:
-                trash = self.root / ".staging" / f"gc-{uuid.uuid4().hex}"
+                trash = self.root / STAGING / f"gc-{uuid.uuid4().hex}"
+                trash.parent.mkdir(exist_ok=True)
                 os.rename(ns / "versions" / v, trash)  # atomic disappearance, then slow delete
                 shutil.rmtree(trash, ignore_errors=True)
             if removed:
@@ -402,35 +356,29 @@ class ModelStore:
         return {v for v in (state.get("baseline"), state.get("candidate")) if isinstance(v, str)}
 
     # ---------------------------------------------------------------- verification
-    def verify(self, ref: ModelRef | str, *, dry_run: bool | None = None) -> VerifyReport:
-        """Recompute every file's sha256 (dry run: only existence and size) and list extra files."""
-        dry = _env_flag("MODEL_STORE_DRY_RUN") if dry_run is None else dry_run
+    def verify(self, ref: ModelRef | str, *, dry_run: bool | None = None, headers: bool | None = None) -> VerifyReport:
+        """Check every file of a version and list files the manifest does not; report every damaged file.
+
+        Args:
+            ref: the version to check.
+            dry_run: skip sha256, check presence and sizes (default ``$MODEL_STORE_DRY_RUN``).
+            headers: parse every safetensors header, a few KiB each (default: unless
+                ``$MODEL_STORE_DRY_RUN`` is set, which promises that no weight file is opened).
+
+        Raises:
+            ModelStoreError: the version cannot be resolved (unknown ref, missing or invalid manifest).
+        """
+        env_dry = _env_flag("MODEL_STORE_DRY_RUN")
+        dry = env_dry if dry_run is None else dry_run
         resolved = self.resolve(ref)
-        bad: dict[str, str] = {}
-        listed = {f.path for f in resolved.manifest.files}
         bar = None if dry else self._bar(resolved.manifest.total_bytes, f"verify {resolved.ref}")
-        checked = 0
         try:
-            for entry in resolved.manifest.files:
-                path = resolved.path / entry.path
-                if not path.is_file():
-                    bad[entry.path] = "missing"
-                    continue
-                size = path.stat().st_size
-                if size != entry.size:
-                    bad[entry.path] = f"size {size} != manifest {entry.size}"
-                    continue
-                if not dry:
-                    digest = sha256_file(path, bar.update if bar else None)
-                    checked += size
-                    if digest != entry.sha256:
-                        bad[entry.path] = f"sha256 {digest[:12]}... != manifest {entry.sha256[:12]}..."
+            bad, checked = file_problems(resolved.path, resolved.manifest.files, checksums=not dry,
+                                         headers=not env_dry if headers is None else headers,
+                                         progress=bar.update if bar else None, skip=[MANIFEST])
         finally:
             if bar:
                 bar.close()
-        for rel in iter_files(resolved.path):
-            if rel.as_posix() not in listed and rel.as_posix() != MANIFEST:
-                bad[rel.as_posix()] = "not listed in the manifest"
         return VerifyReport(resolved.ref, not bad, bad, checked)
 
     def verify_or_raise(self, ref: ModelRef | str) -> Resolved:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AdapterValidationError, ManifestError
+from .integrity import safetensors_problem
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "check_base_files", "check_adapter_files",
            "read_adapter_config", "validate_adapter_against_base"]
@@ -53,8 +54,11 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
 
 def _linear_modules(base_dir: Path) -> dict[str, tuple[int, int]]:
     """Map every nn.Linear module path of the base architecture to (in_features, out_features)."""
-    text = (Path(base_dir) / "config.json").read_text()
-    return dict(_linear_modules_cached(text))
+    path = Path(base_dir) / "config.json"
+    try:
+        return dict(_linear_modules_cached(path.read_text()))
+    except (OSError, ValueError, KeyError) as exc:  # unreadable, not JSON, or an unknown model_type
+        raise AdapterValidationError(f"cannot build the base architecture from {path}: {exc}") from exc
 
 
 @lru_cache(maxsize=16)
@@ -88,8 +92,12 @@ def validate_adapter_against_base(adapter_dir: Path, base_dir: Path) -> dict[str
     Raises:
         AdapterValidationError: naming the unknown module or the mismatched tensor and both shapes.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    header_problem = safetensors_problem(weights)
+    if header_problem:
+        raise AdapterValidationError(f"{weights}: {header_problem}")
     cfg = read_adapter_config(adapter_dir)
     linears = _linear_modules(base_dir)
     targets = cfg["target_modules"]
@@ -107,8 +115,21 @@ def validate_adapter_against_base(adapter_dir: Path, base_dir: Path) -> dict[str
                 f"(its linear layers end in {sorted({n.rsplit('.', 1)[-1] for n in linears})})"
             )
     rank = int(cfg["r"])
+    try:
+        n_tensors = _check_lora_tensors(weights, linears, rank)
+    except SafetensorError as exc:
+        raise AdapterValidationError(f"{weights}: {exc}") from exc
+    if n_tensors == 0:
+        raise AdapterValidationError(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
+    return {"rank": rank, "alpha": float(cfg["lora_alpha"]), "target_modules": target_list}
+
+
+def _check_lora_tensors(weights: Path, linears: dict[str, tuple[int, int]], rank: int) -> int:
+    """Check every LoRA tensor's base-facing dimension; return how many there are."""
+    from safetensors import safe_open
+
     n_tensors = 0
-    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
+    with safe_open(str(weights), framework="pt") as f:
         for key in f.keys():
             m = _LORA_KEY.match(key)
             if not m:
@@ -126,6 +147,4 @@ def validate_adapter_against_base(adapter_dir: Path, base_dir: Path) -> dict[str
                     f"adapter tensor {key!r} has shape {list(shape)}, expected {list(expected)} for the base's {module!r}"
                 )
             n_tensors += 1
-    if n_tensors == 0:
-        raise AdapterValidationError(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
-    return {"rank": rank, "alpha": float(cfg["lora_alpha"]), "target_modules": target_list}
+    return n_tensors

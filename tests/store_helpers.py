@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["publish_copy", "corrupt_weights"]
+__all__ = ["publish_copy", "corrupt_weights", "truncate_weights"]
 
 
 def publish_copy(store: Any, source_ref: str, target: str, version: str, scratch: Path, *,
@@ -27,3 +27,12 @@ def corrupt_weights(store: Any, ref: str) -> None:
     weights = store.adapter_path(ref) / "adapter_model.safetensors"
     os.chmod(weights, 0o644)
     weights.write_bytes(b"\0" * weights.stat().st_size)
+
+
+def truncate_weights(store: Any, ref: str, keep: float = 0.5) -> int:
+    """Cut a published adapter's weights to ``keep`` of their size (a torn copy); return the new size."""
+    weights = store.adapter_path(ref) / "adapter_model.safetensors"
+    os.chmod(weights, 0o644)
+    size = int(weights.stat().st_size * keep)
+    os.truncate(weights, size)
+    return size

@@ -80,15 +80,18 @@ def test_concurrent_publishers_never_corrupt(store, tmp_path):
 
     src = tmp_path / "adapter"
     shutil.copytree(store.adapter_path(adapter_ref("critic")), src, ignore=shutil.ignore_patterns("manifest.json"))
-    common = ("publish", "adapter", "--agent", "critic", "--name", "mistral_critic_v1", "--from-dir", str(src))
-    procs = [_cli(store.root, *common, "--version", v) for v in ("v2", "v3", "same", "same")]
+    other = shutil.copytree(src, tmp_path / "other")
+    (other / "NOTES.md").write_text("a different adapter under the same version tag")
+    common = ("publish", "adapter", "--agent", "critic", "--name", "mistral_critic_v1")
+    procs = [_cli(store.root, *common, "--from-dir", str(d), "--version", v)
+             for d, v in ((src, "v2"), (src, "v3"), (src, "same"), (other, "same"))]
     results = [(p.wait(), *p.communicate()) for p in procs]
     codes = [r[0] for r in results]
     assert codes[0] == 0 and codes[1] == 0, results
-    # two publishers of one version: exactly one wins, the other is refused cleanly
+    # two publishers of one version with different files: exactly one wins, the other is refused cleanly
     assert sorted(codes[2:]) == [0, 2], results
     loser = results[2] if codes[2] == 2 else results[3]
-    assert "already exists" in loser[2]
+    assert "already exists with different content" in loser[2] and "NOTES.md" in loser[2]
     assert set(store.versions("critic/mistral_critic_v1")) == {"seed-1", "v2", "v3", "same"}
     assert store.current_version("critic/mistral_critic_v1") in {"v2", "v3", "same"}
     assert store.check() == []

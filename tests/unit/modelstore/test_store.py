@@ -56,13 +56,14 @@ def test_publish_verify_load_round_trip(store, tmp_path):
     assert out.shape[1] > 3
 
 
-def test_republish_refused_unless_force(store, tmp_path):
+def test_republish_of_different_content_refused_unless_force(store, tmp_path):
     src = _copy_plain(store.adapter_path(adapter_ref("critic")), tmp_path / "a")
-    with pytest.raises(VersionExistsError, match="critic/mistral_critic_v1@seed-1 already exists"):
+    (src / "NOTES.md").write_text("v1 notes")
+    with pytest.raises(VersionExistsError, match="critic/mistral_critic_v1@seed-1 already exists with different "
+                                                 "content \\(NOTES.md is not in the published version\\)"):
         store.publish_adapter("critic", "mistral_critic_v1", src, "seed-1")
-    (src / "README.md").write_text("v1 notes")
     m = store.publish_adapter("critic", "mistral_critic_v1", src, "seed-1", force=True)
-    assert "README.md" in [f.path for f in m.files]
+    assert "NOTES.md" in [f.path for f in m.files]
     assert store.verify(adapter_ref("critic")).ok
     assert not any((store.root / ".staging").iterdir())
 
