@@ -20,9 +20,13 @@ def _help(capsys, argv: list[str]) -> str:
     return capsys.readouterr().out
 
 
+def _choices() -> set[str]:
+    return set(next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices)
+
+
 def test_help_lists_every_subcommand_with_a_line_of_help(capsys):
     text = _help(capsys, ["--help"])
-    for name in EVERY_COMMAND:
+    for name in sorted(_choices() | set(EVERY_COMMAND)):
         line = re.search(rf"^    {re.escape(name)}\s+(\S.*)$", text, re.MULTILINE)
         assert line, f"`justnews --help` does not list {name}:\n{text}"
         assert len(line.group(1)) > 10
@@ -34,8 +38,7 @@ def test_the_dispatched_commands_are_the_training_and_rollout_parsers():
     sub = next(a for a in training_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     assert set(sub.choices) == set(TRAINING_COMMANDS)
     assert set(DISPATCHED_COMMANDS) == set(TRAINING_COMMANDS) | {"canary"}
-    ours = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(ours.choices) == set(EVERY_COMMAND)
+    assert set(EVERY_COMMAND) <= _choices()
 
 
 @pytest.mark.parametrize("argv,expected", [
