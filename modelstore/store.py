@@ -149,8 +149,9 @@ class ModelStore:
             return Manifest.model_validate_json(path.read_bytes())
         except FileNotFoundError as exc:
             raise ManifestError(f"{path} is missing") from exc
-        except ValidationError as exc:
-            raise ManifestError(f"{path} does not validate: {exc}") from exc
+        except ValidationError as exc:  # one line per manifest: check prints one problem per line
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()[:5])
+            raise ManifestError(f"{path} does not validate ({exc.error_count()} error(s)): {detail}") from exc
 
     def namespaces(self) -> Iterator[ModelRef]:
         """Every namespace that has a versions/ directory: the base first, then adapters sorted."""

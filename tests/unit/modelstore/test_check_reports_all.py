@@ -53,6 +53,7 @@ def test_check_reports_every_problem_and_goes_on(store, capsys, fast):
     assert main(["--root", str(store.root), "check", *(["--fast"] if fast else [])]) == 1
     out = capsys.readouterr().out
     assert "store OK" not in out and out.count("FAIL ") == len(expected)
+    assert len(out.splitlines()) == len(expected)  # one line per problem, a manifest's too
     assert main(["--root", str(store.root), "--json", "check"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and len(report["problems"]) == len(expected)

@@ -142,3 +142,17 @@ def test_crash_point_does_nothing_unset_and_refuses_an_unknown_phase(monkeypatch
     monkeypatch.setenv(CRASH_ENV, "renmae")
     with pytest.raises(ModelStoreError, match="'renmae' names no publish phase; choose one of staging, hashing"):
         crash_point("rename")
+
+
+def test_kill_9_after_an_adapter_rename_then_the_runbook_rerun_completes(store, tmp_path):
+    src = shutil.copytree(store.adapter_path(adapter_ref("critic")), tmp_path / "src",
+                          ignore=shutil.ignore_patterns("manifest.json"))
+    cmd = [sys.executable, "-m", "modelstore.cli", "--root", str(store.root), "publish", "adapter", "--agent", "critic",
+           "--name", "mistral_critic_v1", "--version", "v2", "--from-dir", str(src)]
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    killed = subprocess.run(cmd, env={**env, CRASH_ENV: "rename"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "v2" in store.versions(CRITIC) and store.current_version(CRITIC) == "seed-1"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert store.current_version(CRITIC) == "v2" and store.check() == []
