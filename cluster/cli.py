@@ -39,6 +39,7 @@ from .planner import plan
 from .policy import PlacementPolicy, load_policy
 from .render import DEFAULT_IMPORT_PATH, format_plan, format_routes, serve_config, write_serve_config
 from .subcommands import add_operator_commands
+from .switch_base import add_switch_base_command
 
 __all__ = ["main", "build_parser", "TRAINING_COMMANDS", "DISPATCHED_COMMANDS"]
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
     add_operator_commands(sub, policy_from_args=_policy)
+    add_switch_base_command(sub)
     for name, text in DISPATCHED_COMMANDS.items():  # listed for --help; main() hands them on before parsing
         sub.add_parser(name, help=text, add_help=False)
     return parser

@@ -16,6 +16,9 @@ and whether quantised weights are (``allow_quantized``). The rules, in order:
    pool whose variant is in its ``variant_preference`` (and allowed), in that order. A never-quantised
    agent therefore never has a quantised pool on its route, even when its own pool is down: it takes
    the next step of its fallback chain instead (the bare base on its pool, then the legacy heuristic).
+4. **One pool when the preferred ones do not fit together** (e.g. a bf16 and an int8 pool of Mistral-7B on
+   one 24 GB GPU): every agent moves to the variant all of them accept that most of them already had, so
+   the inventory serves everyone rather than nobody. No such variant: the plan is refused with the numbers.
 
 Pure logic, no Ray, no store access beyond the facts passed in (:func:`needs_from_map` reads them).
 """
@@ -28,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .demand import QUANTIZED, AdapterFacts, BaseFacts, DeploymentDemand, Variant, adapter_facts_from_store, \
     base_facts_from_store
-from .errors import DemandError, NoVariantFitsError
+from .errors import CapacityError, DemandError, NoVariantFitsError
 from .inventory import Inventory
 from .planner import Plan, capacity_basis, plan
 from .policy import PlacementPolicy
@@ -226,6 +229,25 @@ def _facts(store: Any, ref: str) -> AdapterFacts:
     return AdapterFacts(ref=ref, size_bytes=adapter_facts_from_store(store, ref).size_bytes)
 
 
+def _one_pool(needs: Sequence[AgentNeed], layout: PoolLayout, base: BaseFacts, policy: PlacementPolicy, device: str,
+              capacity: tuple[int, str], inventory: str) -> PoolLayout | None:
+    """Rule 4: when the preferred pools do not fit the inventory together, one pool of a variant every agent
+    accepts (the one most agents already had); None when there is no such variant or only one pool."""
+    if len(layout.pools) < 2:
+        return None
+    common = [v for v in needs[0].acceptable(device) if v in base.approx_vram_mb
+              and all(v in n.acceptable(device) and _fits(n, v, base, policy, device, capacity) is None for n in needs)]
+    if not common:
+        return None
+    had = {p.variant: len(p.agents) for p in layout.pools}
+    variant = max(common, key=lambda v: (had.get(v, 0), -common.index(v)))
+    reason = (f"one pool: the preferred pools {[p.name for p in layout.pools]} do not fit {inventory} together, "
+              f"and {variant} is acceptable to every agent")
+    pool = Pool(name=pool_name(variant), variant=variant, agents=tuple(n.agent for n in needs),
+                adapters=tuple(sorted({a.ref for n in needs for a in n.adapters})), reason=reason)
+    return PoolLayout(pools=(pool,), routes={n.agent: (pool.name,) for n in needs})
+
+
 def plan_pools(needs: Sequence[AgentNeed], base: BaseFacts, inventory: Inventory,
                policy: PlacementPolicy | None = None, **overrides: Any) -> tuple[PoolLayout, Plan]:
     """Assign the pools on ``inventory``'s capacity basis, then plan them together.
@@ -237,7 +259,17 @@ def plan_pools(needs: Sequence[AgentNeed], base: BaseFacts, inventory: Inventory
     device, basis_mb, label = capacity_basis(inventory, policy)
     layout = assign_pools(needs, base, policy=policy, device=device, capacity=(basis_mb, label))
     facts = {a.ref: a for n in needs for a in n.adapters}
-    result = plan(inventory, pool_demands(layout, base, facts, **overrides), policy)
+    try:
+        result = plan(inventory, pool_demands(layout, base, facts, **overrides), policy)
+    except CapacityError as exc:
+        merged = _one_pool(needs, layout, base, policy, device, (basis_mb, label), inventory.name)
+        if merged is None:
+            raise
+        try:
+            result = plan(inventory, pool_demands(merged, base, facts, **overrides), policy)
+        except CapacityError:
+            raise exc from None
+        layout = merged
     deployments = []
     for pool in layout.pools:
         d = result.deployment(pool.name)

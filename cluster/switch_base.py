@@ -5,8 +5,8 @@ The steps, in order (each printed as it is done, or, in a dry run, as it would b
 1. **Publish the base** from a local snapshot (``--from-dir``) or a pinned Hugging Face revision
    (``--hf-repo`` + ``--revision``) with the operator's ``--metadata``, through ``ModelStore.publish_base``.
 2. **Point a new agent map at it** (``--map-out``): every llm agent's ``base`` becomes the new ref, nothing
-   else changes (``--one-pool`` also moves the variant every agent accepts to the front of each
-   ``variant_preference``, so the agents share one pool: what a single 24 GB GPU can hold). The map is
+   else changes (where the preferred pools do not fit an inventory together, the planner itself puts
+   every agent on one pool of a variant they all accept: :mod:`cluster.pools`, rule 4). The map is
    validated by :mod:`agent_graph.schema` before and after it is written.
 3. **Re-plan the base pools** on each ``--inventory`` (:func:`cluster.pools.plan_pools`) and optionally write
    each plan as a Serve config (``--emit-serve-config``; ``{inventory}`` in the path when several).
@@ -93,7 +93,6 @@ class SwitchRequest(BaseModel):
     inventories: list[str] = Field(default_factory=list, description="Inventories (files or bundled names).")
     store_root: Path | None = Field(None, description="ModelStore root; None: $MODEL_STORE_ROOT.")
     emit_serve_config: str | None = Field(None, description="Serve config path; '{inventory}' in it when several.")
-    one_pool: bool = Field(False, description="Move the variant every agent accepts to the front (one pool).")
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank of the re-trained adapters (and the estimate).")
     train_dir: str = Field("data", min_length=1, description="Where the printed train commands read JSONL from.")
     force: bool = Field(False, description="Replace an existing base version.")
@@ -176,32 +175,20 @@ def _describe_source(req: SwitchRequest, store: Any, say: Callable[[str], None])
         + (" and make it base_models@current" if req.promote else ""))
 
 
-def _common_variant(agent_map: Any, offered: dict[str, int]) -> str:
-    llm = [e for e in agent_map.agents.values() if e.kind == "llm" and e.served]
-    for v in llm[0].variant_preference:
-        if v in offered and all(v in e.variant_preference for e in llm):
-            return v
-    raise PlanningError(f"--one-pool: no variant offered by the base ({sorted(offered)}) is in every llm "
-                        "agent's variant_preference")
-
-
-def _new_map(req: SwitchRequest, agent_map: Any, base: BaseFacts) -> tuple[dict[str, Any], str]:
+def _new_map(req: SwitchRequest, agent_map: Any, base: BaseFacts) -> dict[str, Any]:
     from agent_graph import default_map_path
     from agent_graph.schema import AgentMap
 
     data = json.loads(Path(req.map_in or default_map_path()).read_text())
-    common = _common_variant(agent_map, base.approx_vram_mb) if req.one_pool else ""
     for name, entry in data["agents"].items():
         if entry.get("kind") != "llm":
             continue
         entry["base"] = req.base_ref
-        if common:
-            entry["variant_preference"] = [common] + [v for v in entry["variant_preference"] if v != common]
     try:  # the schema of agent_graph's loader, on the data before anything is written
         AgentMap.model_validate({**data, "legacy": agent_map.legacy})
     except ValidationError as exc:
         raise PlanningError(f"the new agent map is invalid: {exc}") from exc
-    return data, common
+    return data
 
 
 def _write_map(req: SwitchRequest, data: dict[str, Any], say: Callable[[str], None]) -> None:
@@ -250,8 +237,6 @@ def _plan_one(req: SwitchRequest, name: str, needs: list[AgentNeed], base: BaseF
     except PlanningError as exc:
         outcome.refused = str(exc)
         say(f"  {inventory.name}: REFUSED: {exc}")
-        if not req.one_pool:
-            say("  (one GPU too small for every pool: re-run with --one-pool to serve all agents from one pool)")
         return outcome
     outcome.placement = placement_from_plan(layout, outcome.plan)
     say(format_plan(outcome.plan) + "\n\n" + format_routes(outcome.placement))
@@ -335,12 +320,11 @@ def switch_base(req: SwitchRequest, policy: PlacementPolicy | None = None,
     estimate = lora_size_bytes(shape, req.lora_r)
     say(f"  base facts: approx_vram_mb {dict(base.approx_vram_mb)}; kv_values_per_token {base.kv_values_per_token} "
         f"({shape_from}); adapter estimate {estimate // MIB} MiB (rank {req.lora_r}, 7 projections, fp32)")
-    data, common = _new_map(req, agent_map, base)
+    data = _new_map(req, agent_map, base)
     report = SwitchReport(dry_run=dry, base_ref=req.base_ref, base=base, adapter_estimate_bytes=estimate,
                           new_map=data, published=not dry)
     llm = sorted(n for n, e in data["agents"].items() if e.get("kind") == "llm")
-    say(f"2. agent map {req.map_out}: base -> {req.base_ref} for {', '.join(llm)}"
-        + (f"; {common} first in every variant_preference (--one-pool)" if common else ""))
+    say(f"2. agent map {req.map_out}: base -> {req.base_ref} for {', '.join(llm)}")
     if dry:
         say(f"  would write {req.map_out} (validated: agent_graph schema)")
     else:
@@ -372,7 +356,6 @@ def add_switch_base_command(sub: Any) -> None:
     p.add_argument("--store-root", type=Path, help="ModelStore root (default $MODEL_STORE_ROOT)")
     p.add_argument("--emit-serve-config", metavar="PATH", help="write each plan as a Serve config; '{inventory}' "
                    "in PATH is replaced by the inventory name (required with several)")
-    p.add_argument("--one-pool", action="store_true", help="serve every agent from one pool (small GPUs)")
     p.add_argument("--lora-r", type=int, default=16, help="rank of the re-trained adapters (default 16)")
     p.add_argument("--train-dir", default="data", help="JSONL directory named in the train commands")
     p.add_argument("--force", action="store_true", help="replace an existing base version")

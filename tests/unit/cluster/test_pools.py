@@ -90,3 +90,15 @@ def test_a_layout_that_breaks_the_map_is_refused_by_name():
     with pytest.raises(ValueError, match="names unknown pools"):
         layout.model_copy(update={"routes": {"critic": ("BaseLLM-fp16",)}}).__class__.model_validate(
             {"pools": [p.model_dump() for p in layout.pools], "routes": {"critic": ["BaseLLM-fp16"]}})
+
+
+def test_when_the_preferred_pools_do_not_fit_together_every_agent_shares_one_they_all_accept():
+    # One RTX 3090: bf16 (17,845 MiB) + bnb-int8 (10,555 MiB) > 23,347 MiB usable, but one bf16 pool fits.
+    layout, plan = plan_pools(needs(), mistral_base(), load_inventory("rtx3090-1gpu"))
+    assert [p.name for p in layout.pools] == ["BaseLLM-bf16"] and set(layout.pools[0].agents) == set(MAP)
+    assert "do not fit rtx3090-1gpu together" in layout.pools[0].reason
+    assert all(route == ("BaseLLM-bf16",) for route in layout.routes.values())
+    assert plan.deployment("BaseLLM-bf16").max_num_models_per_replica == 8
+    only_int8 = {"analyst": (("bnb-int8",), True), "critic": (FULL, False)}  # no variant both accept
+    with pytest.raises(Exception, match="cannot hold every min_replicas"):
+        plan_pools(needs(only_int8), mistral_base(), gpu_inventory((20000,)))

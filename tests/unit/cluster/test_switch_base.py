@@ -11,8 +11,9 @@ sequences of 2,560 tokens, at most 8 adapters per replica):
   variant) and analyst, re_ranker on bnb-int8 (theirs). Replicas:
   BaseLLM-bf16     = 13,825 + 2,560 + 6 x 160 + 500 = 17,845 MiB;
   BaseLLM-bnb-int8 =  7,175 + 2,560 + 2 x 160 + 500 = 10,555 MiB.
-* RTX 3090: usable 24,576 - ceil(5% = 1,228.8) = 23,347 MiB < 17,845 + 10,555 = 28,400: refused.
-  With --one-pool all 8 agents on bf16: 13,825 + 2,560 + 8 x 160 + 500 = 18,165 MiB,
+* RTX 3090: usable 24,576 - ceil(5% = 1,228.8) = 23,347 MiB < 17,845 + 10,555 = 28,400: the two pools do
+  not fit together, so the planner puts all 8 agents on one pool of bf16 (the variant every agent accepts
+  that most already had): 13,825 + 2,560 + 8 x 160 + 500 = 18,165 MiB,
   num_gpus ceil4(18,165 / 23,347 = 0.77805) = 0.7781, max 1 replica.
 * A100 80GB: usable 81,920 - 4,096 = 77,824. num_gpus 17,845/77,824 = 0.22930 -> 0.2293 and
   10,555/77,824 = 0.13563 -> 0.1357; round-robin bf16, int8, bf16, int8, bf16 = 3 x 17,845 + 2 x 10,555
@@ -77,7 +78,8 @@ def test_dry_run_plans_the_real_metadata_and_writes_nothing(store, tmp_path, mon
     assert {e["base"] for e in report.new_map["agents"].values() if e["kind"] == "llm"} == {f"base_models@{VERSION}"}
 
     rtx, a100, h200 = report.outcomes
-    assert rtx.plan is None and "28400 MiB against 23347 MiB usable" in rtx.refused
+    assert rtx.refused is None and "do not fit rtx3090-1gpu together" in rtx.plan.deployments[0].variant_reason
+    assert _pools(rtx) == {"BaseLLM-bf16": ("bf16", tuple(sorted(BF16 + INT8)), 18165, 0.7781, 1, 1)}
     assert _pools(a100) == {"BaseLLM-bf16": ("bf16", BF16, 17845, 0.2293, 1, 3),
                             "BaseLLM-bnb-int8": ("bnb-int8", INT8, 10555, 0.1357, 1, 2)}
     assert _pools(h200) == {"BaseLLM-bf16": ("bf16", BF16, 17845, 0.1307, 1, 37),
@@ -94,21 +96,17 @@ def test_dry_run_plans_the_real_metadata_and_writes_nothing(store, tmp_path, mon
     assert "DRY RUN" in out and "cannot be re-published" in out and "would write serve config" in out
 
 
-def test_one_pool_fits_one_rtx3090(tmp_path, monkeypatch):
-    monkeypatch.setenv("MODEL_STORE_DRY_RUN", "1")
-    report = switch_base(_request(tmp_path, tmp_path / "no-store", "rtx3090-1gpu", one_pool=True), say=lambda m: None)
-    assert not (tmp_path / "no-store").exists() and not (tmp_path / "out").exists()
-    (rtx,) = report.outcomes
-    assert _pools(rtx) == {"BaseLLM-bf16": ("bf16", tuple(sorted(BF16 + INT8)), 18165, 0.7781, 1, 1)}
-    assert report.new_map["agents"]["analyst"]["variant_preference"] == ["bf16", "bnb-int8", "fp16", "fp32"]
-
-
 def test_cli_dry_run_exit_code_says_an_inventory_was_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_STORE_DRY_RUN", "1")
     argv = ["switch-base", "--hf-repo", "mistralai/Mistral-7B-Instruct-v0.3", "--revision", "abc",
             "--metadata", str(METADATA), "--version", VERSION, "--map-out", str(tmp_path / "m.json"),
             "--store-root", str(tmp_path / "s")]
-    assert main(argv + ["--inventory", "rtx3090-1gpu"]) == 1
+    small = tmp_path / "t4.yaml"  # 16 GB: bf16 does not fit, and critic & co. never accept int8
+    small.write_text("name: t4\nnodes:\n  - name: t4-0\n    gpu_count: 1\n    gpu_memory_mb: 15360\n")
+    assert main(argv + ["--inventory", str(small)]) == 1
+    assert "allow_quantized is false" in capsys.readouterr().out
+    small.unlink()
+    assert main(argv + ["--inventory", "rtx3090-1gpu"]) == 0
     assert main(argv + ["--inventory", "a100-80gb-1gpu"]) == 0
     assert main(argv + ["--inventory", "a100-80gb-1gpu", "--inventory", "h200-8gpu",
                         "--emit-serve-config", "one.yaml"]) == 2

@@ -10,7 +10,7 @@ import pytest
 
 from cluster.cli import DISPATCHED_COMMANDS, TRAINING_COMMANDS, build_parser, main
 
-EVERY_COMMAND = ("plan", "preflight", "kuberay", "launcher", "train", "eval-adapter", "defaults", "synth", "canary")
+EVERY_COMMAND = ("plan", "switch-base", "preflight", "kuberay", "launcher", "train", "eval-adapter", "defaults", "synth", "canary")
 
 
 def _help(capsys, argv: list[str]) -> str:
