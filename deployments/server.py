@@ -19,6 +19,7 @@ from deployments.adapters import AdapterHandle, AdapterPool
 from deployments.batcher import BatcherClosed, BatchRecord, MixedBatcher
 from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
 from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error
+from deployments.limits import check_json_schema, check_prompt
 from deployments.loaded import LoadedReport
 from deployments.metrics import BASE_TAG, LLMMetrics
 from deployments.protocol import GenerateRequest, GenerateResponse
@@ -111,6 +112,10 @@ class BaseLLMServer:
             request = self._to_engine_request(body, adapter)
             self.adapters.begin_use(adapter)
             try:
+                if request.json_schema is not None:
+                    # Compiled on the engine's compile pool before the request joins a batch: a slow schema
+                    # delays only its own request, never the batch it would have joined.
+                    request.grammar = await self.engine.precompile(request.json_schema)
                 self.metrics.set_queue_depth(self.batcher.queued + 1)
                 result = await self.batcher.submit(request)
             finally:
@@ -155,6 +160,10 @@ class BaseLLMServer:
 
     def _to_engine_request(self, body: GenerateRequest | dict, adapter: AdapterHandle | None) -> GenerationRequest:
         req = body if isinstance(body, GenerateRequest) else GenerateRequest.model_validate(body)
+        # Admission limits (deployments/limits.py) before any tokenizing or compiling.
+        check_prompt(req.prompt, [m.content for m in req.messages or ()])
+        if req.json_schema is not None:
+            check_json_schema(req.json_schema)
         limit = self.engine.config.max_new_tokens_limit
         if req.max_new_tokens > limit:
             raise RequestTooLargeError(f"max_new_tokens ({req.max_new_tokens}) must be <= {limit}")
