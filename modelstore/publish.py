@@ -90,6 +90,7 @@ def publish_version(store: "ModelStore", ref: ModelRef, source_dir: Path,
             store._set_current(ref, ref.version, action="publish")
     return manifest
 
+
 def _complete_existing(store: "ModelStore", ref: ModelRef, source_dir: Path, rel_files: list[Path], promote: bool,
                        base_ref: str | None) -> Manifest:
     """Re-running a publish whose version exists: the same files complete it (a publisher killed after
@@ -99,13 +100,18 @@ def _complete_existing(store: "ModelStore", ref: ModelRef, source_dir: Path, rel
         existing = store.resolve(ref).manifest
     except ModelStoreError as exc:
         raise VersionExistsError(f"{refuse} but is unreadable ({exc}); pass force=True (--force) to replace it") from exc
-    differences = source_differences(source_dir, rel_files, existing.files)
+    bar = store._bar(existing.total_bytes, "compare sha256")
+    try:
+        differences = source_differences(source_dir, rel_files, existing.files, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
     if base_ref and existing.adapter and existing.adapter.base_ref != base_ref:
         differences.insert(0, f"it was validated against {existing.adapter.base_ref}, not {base_ref}")
     if differences:
         raise VersionExistsError(f"{refuse} with different content ({'; '.join(differences[:3])}); "
                                  "pass force=True (--force) to replace it")
-    report = store.verify(ref)
+    report = store.verify(ref, dry_run=False, headers=True)
     if not report.ok:
         detail = "; ".join(f"{p}: {why}" for p, why in sorted(report.bad_files.items()))
         raise VersionExistsError(f"{refuse} with these files but fails verification ({detail}); "
@@ -113,6 +119,7 @@ def _complete_existing(store: "ModelStore", ref: ModelRef, source_dir: Path, rel
     if promote:
         store._set_current(ref, ref.version, action="publish")
     return existing
+
 
 def _copy_tree(store: "ModelStore", source_dir: Path, rel_files: list[Path], staged: Path) -> list[FileEntry]:
     total = sum((source_dir / f).stat().st_size for f in rel_files)
