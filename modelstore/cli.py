@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelStoreError
+from .errors import ManifestError, ModelStoreError
 from .manifest import ModelMetadata
 from .sources import HuggingFaceSource, LocalDirSource
 from .store import ModelStore, default_root
@@ -75,7 +75,7 @@ def cmd_verify(args) -> int:
         try:
             report = store.verify(ref)
             ref, ok, bad = report.ref, report.ok, report.bad_files
-        except ModelStoreError as exc:  # an unreadable manifest is this version's finding, not the end
+        except ManifestError as exc:  # an unreadable manifest is this version's finding, not the end
             ok, bad = False, {"manifest.json": str(exc)}
         failed |= not ok
         results.append({"ref": str(ref), "ok": ok, "bad_files": bad})

@@ -60,10 +60,16 @@ def version_names(store: "ModelStore", ns: ModelRef) -> list[str]:
 
 
 def staging_problems(store: "ModelStore") -> list[str]:
-    """Leftovers in ``.staging`` while no writer holds the store lock (a live publish's are not)."""
+    """Leftovers in ``.staging``, listed holding the store lock: a live publish's staging is not one."""
+    from filelock import FileLock, Timeout
+
     staging = store.root / ".staging"
-    leftovers = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
-    if not leftovers or _lock_held(store):
+    try:
+        with FileLock(str(store.root / ".lock"), timeout=0):
+            leftovers = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
+    except Timeout:
+        return []  # a writer is running; whatever .staging holds may be its own
+    if not leftovers:
         return []
     shown = ", ".join(leftovers[:3]) + (f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else "")
     return [f"{staging} holds {len(leftovers)} leftover(s) of an interrupted publish or gc ({shown}); "
@@ -117,12 +123,3 @@ def check_store(store: "ModelStore", *, checksums: bool = True) -> list[str]:
                 problems.append(f"{ref}: could not be checked: {type(exc).__name__}: {exc}")
     return problems
 
-
-def _lock_held(store: "ModelStore") -> bool:
-    from filelock import FileLock, Timeout
-
-    try:
-        with FileLock(str(store.root / ".lock"), timeout=0):
-            return False
-    except Timeout:
-        return True

@@ -72,6 +72,9 @@ def test_verify_reports_every_version(store, capsys):
     assert main(["--root", str(store.root), "--json", "verify"]) == 1
     rows = {r["ref"]: r for r in json.loads(capsys.readouterr().out)}
     assert {ref for ref, r in rows.items() if not r["ok"]} == set(expected)
+    assert main(["--root", str(store.root), "verify", "reasoning/mistral_reasoning_v1@seed-1"]) == 1
+    assert main(["--root", str(store.root), "verify", "critic/mistral_critic_v1@v9"]) == 2  # unknown: a bad request
+    assert "version 'v9' not found" in capsys.readouterr().err
 
 
 def _rewrite_header(path: Path, edit) -> None:
