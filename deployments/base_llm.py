@@ -147,6 +147,7 @@ class BaseLLMDeployment:
             "multiplexed_model_ids": list(wrapper.models) if wrapper is not None else [],
             "max_num_models_per_replica": self._mux_limit,
             "memory": self._budget.sample(),
+            "placement": _where(),
         }
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
@@ -177,6 +178,15 @@ class BaseLLMDeployment:
     async def __del__(self) -> None:
         """Graceful shutdown: Serve awaits this, then its multiplexer unloads every cached adapter."""
         await self._server.shutdown()
+
+
+def _where() -> dict[str, Any]:
+    """Where Ray put this replica: its node and the (possibly fractional, possibly logical) GPUs it holds."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "assigned": {k: v for k, v in ctx.get_assigned_resources().items() if k in ("CPU", "GPU", "memory")}}
 
 
 def _multiplexed_class(max_num_models_per_replica: int) -> type:

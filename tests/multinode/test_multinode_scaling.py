@@ -199,3 +199,54 @@ def test_plan_placement_and_memory_capped_autoscaling(ray_cluster, model_store):
     assert watcher.max_running == d.max_replicas
     assert watcher.max_total <= d.max_replicas, f"{watcher.max_total} replicas > memory cap {d.max_replicas}"
     print(f"\nmulti-node scaling cycle: {time.monotonic() - started:.0f}s, {done} requests")
+
+
+def test_each_pool_lands_where_the_plan_says_with_its_variant(ray_cluster, model_store):
+    """Two base pools planned from the map's preferences (critic never quantised, analyst int8 first) on the
+    logical-GPU nodes; each pool's replica reports, from the replica itself, the variant the plan chose,
+    the planned device, its fractional GPU and its node. The GPUs are logical, so torch sees no CUDA: the
+    replica loads on the CPU and reports that as a mismatch with the plan (the alert an operator would get)."""
+    import ray
+    from ray import serve
+
+    from agent_graph import load_agent_map
+    from cluster import AgentNeed, discover_from_ray, placement_from_plan, plan_pools
+    from cluster.demand import adapter_facts_from_store, base_facts_from_store
+    from deployments.app import AppSettings, pool_settings
+    from deployments.base_llm import build_base_llm
+    from modelstore import ModelStore
+
+    serve.delete(APP)  # the scaling test's deployment: free the logical GPUs the plan below counts on
+    store = ModelStore(model_store)
+    agent_map = load_agent_map()
+    needs = [AgentNeed(agent=a, variant_preference=tuple(agent_map.agents[a].variant_preference),
+                       allow_quantized=agent_map.agents[a].allow_quantized,
+                       adapters=(adapter_facts_from_store(store, agent_map.agents[a].adapter),))
+             for a in ("critic", "analyst")]
+    layout, p = plan_pools(needs, base_facts_from_store(store, "base_models@current"), discover_from_ray(),
+                           _policy())
+    placement = placement_from_plan(layout, p)
+    assert {n: pool.variant for n, pool in placement.pools.items()} == \
+        {"BaseLLM-bf16": "bf16", "BaseLLM-bnb-int8": "bnb-int8"}
+    assert placement.routes == {"critic": ["BaseLLM-bf16"], "analyst": ["BaseLLM-bnb-int8", "BaseLLM-bf16"]}
+    settings = AppSettings(store_root=str(model_store), llm={"num_replicas": 1})
+    for name in placement.pools:
+        serve.run(build_base_llm(pool_settings(settings, store, placement, name)), name=name, route_prefix=None,
+                  blocking=False)
+    for name in placement.pools:
+        wait_for(lambda name=name: serve.status().applications.get(name) is not None and
+                 str(serve.status().applications[name].status) in ("RUNNING", "ApplicationStatus.RUNNING"),
+                 timeout_s=240, what=f"pool {name} running")
+    gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU")}
+    for name, pool in placement.pools.items():
+        stats = serve.get_app_handle(name).stats.remote().result(timeout_s=60)
+        loaded = stats["loaded"]
+        assert loaded["pool"] == name and loaded["variant"] == pool.variant, loaded
+        assert loaded["planned"]["device"] == "cuda" and loaded["planned"]["memory_budget_mb"] == pool.memory_budget_mb
+        assert loaded["device"] == "cpu" and any("device cpu != planned cuda" in m for m in loaded["mismatches"])
+        assert stats["memory"]["budget_mb"] == pool.memory_budget_mb
+        where = stats["placement"]  # from the replica's own runtime context
+        assert where["node_id"] in gpu_nodes and where["gpu_ids"], where  # on a GPU node, holding a GPU id
+        assert where["assigned"]["GPU"] == pytest.approx(pool.serve_options["ray_actor_options"]["num_gpus"]), where
+    for name in placement.pools:
+        serve.delete(name)
