@@ -39,6 +39,15 @@ class EngineConfig(BaseModel):
             "refused at once from then on. Waiting that long for a free compile worker answers 503 instead."
         ),
     )
+    grammar_compile_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description=(
+            "Niceness added to the compile threads (Linux; 0 leaves it): a long compile then takes CPU the "
+            "decode loop does not need, instead of slowing every batch on a CPU-bound replica."
+        ),
+    )
     max_pending_grammar_compiles: int = Field(
         16, ge=1, description="Distinct schemas compiling or queued to compile at once; one more is refused (503)."
     )

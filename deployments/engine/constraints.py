@@ -21,6 +21,7 @@ loop only ever sees compiled grammars, and no request waits for another's compil
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -66,10 +67,11 @@ class GrammarCache:
         workers: compile threads.
         max_pending: distinct schemas compiling or queued at once; more raise GrammarCompileBusy.
         timeout_s: longest one compile may take.
+        nice: niceness added to each compile thread (xgrammar's own threads, started from it, inherit it).
     """
 
     def __init__(self, tokenizer: Any, vocab_size: int, capacity: int = 64, *, workers: int = 2,
-                 max_pending: int = 16, timeout_s: float = 10.0):
+                 max_pending: int = 16, timeout_s: float = 10.0, nice: int = 0):
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         # Our own LRU keyed by the schema's JSON is the one cache; xgrammar's would hold every schema forever.
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=False, max_threads=2)
@@ -78,7 +80,8 @@ class GrammarCache:
         self._pending: dict[str, GrammarJob] = {}
         self._refused: OrderedDict[str, float] = OrderedDict()  # key -> seconds its compile ran
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grammar-compile")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grammar-compile",
+                                            initializer=_lower_priority, initargs=(nice,))
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self.vocab_size = vocab_size
@@ -232,6 +235,16 @@ class GrammarCache:
     def close(self) -> None:
         """Stop the compile threads once their current compiles end; queued compiles are dropped."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread and inherited by threads it starts)."""
+    if nice and hasattr(os, "setpriority"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError:  # not permitted here: compile at normal priority
+            pass
 
 
 def _shown(key: str) -> str:

@@ -218,6 +218,7 @@ class InferenceEngine:
                 self._grammars = GrammarCache(
                     self.tokenizer, self._vocab_size, cfg.grammar_cache_size, workers=cfg.grammar_compile_workers,
                     max_pending=cfg.max_pending_grammar_compiles, timeout_s=cfg.grammar_compile_timeout_s,
+                    nice=cfg.grammar_compile_nice,
                 )
             return self._grammars
 

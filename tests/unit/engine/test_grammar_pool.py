@@ -140,3 +140,19 @@ def test_a_schema_xgrammar_rejects_is_invalid_schema_through_the_pool(base_model
     with pytest.raises(InvalidSchema, match="cannot be compiled"):
         asyncio.run(engine.precompile({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}))
     assert engine.stats()["grammar_compiles_pending"] == 0
+
+
+def test_compile_threads_run_at_a_lower_cpu_priority_than_the_decode_loop(base_model, tokenizer, monkeypatch):
+    import os
+
+    seen = []
+    real = GrammarCache._compile
+
+    def compile_(self, key):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(self, key)
+
+    monkeypatch.setattr(GrammarCache, "_compile", compile_)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    asyncio.run(make_engine(base_model, tokenizer, grammar_compile_nice=5).precompile(schema("a")))
+    assert seen == [min(19, own + 5)]
