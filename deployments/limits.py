@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from deployments.errors import LimitExceededError, RequestTooLargeError, SchemaTooLargeError
 
-__all__ = ["AdmissionLimits", "LIMITS", "SEED_MIN", "SEED_MAX", "bounded_int", "Seed", "MaxNewTokens", "ChoiceCount", "check_json_schema", "schema_stats",
+__all__ = ["AdmissionLimits", "LIMITS", "SEED_MIN", "SEED_MAX", "bounded_int", "Seed", "MaxNewTokens", "ChoiceCount", "TopK", "check_json_schema", "schema_stats",
            "check_stops", "check_prompt"]
 
 # What torch.Generator.manual_seed accepts: int64's minimum (negatives are remapped) up to uint64's maximum.
@@ -46,6 +46,7 @@ class AdmissionLimits(BaseModel):
     max_new_tokens: int = Field(
         32_768, ge=1, description="Largest max_new_tokens / max_tokens accepted at all (400); the replica's "
         "EngineConfig.max_new_tokens_limit refuses smaller excesses with 413.")
+    max_top_k: int = Field(1024, ge=1, description="Largest top_k (0 turns top-k filtering off).")
     max_n: int = Field(1, ge=1, description="Choices per chat completion (n).")
     max_stop_strings: int = Field(8, ge=0, description="Most stop strings per request.")
     max_stop_chars: int = Field(256, ge=1, description="Longest stop string, in characters.")
@@ -76,6 +77,7 @@ def bounded_int(field: str, lo: int | None, hi: int | None, limit_name: str) -> 
 Seed = bounded_int("seed", LIMITS.seed_min, LIMITS.seed_max, "seed_min/seed_max")
 MaxNewTokens = bounded_int("max_new_tokens", 1, LIMITS.max_new_tokens, "max_new_tokens")
 ChoiceCount = bounded_int("n", 1, LIMITS.max_n, "max_n")
+TopK = bounded_int("top_k", 0, LIMITS.max_top_k, "max_top_k")
 
 
 def check_stops(stops: list[str], limits: AdmissionLimits = LIMITS) -> list[str]:

@@ -70,6 +70,7 @@ def generate_body(req: ChatCompletionRequest, default_max_tokens: int) -> dict[s
         "max_new_tokens": req.new_tokens(default_max_tokens),
         "temperature": req.temperature,
         "top_p": req.top_p,
+        "top_k": req.top_k,
         "stop": req.stop or [],
         "seed": req.seed,
     }

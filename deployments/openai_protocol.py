@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.limits import LIMITS, ChoiceCount, MaxNewTokens, Seed, check_stops
+from deployments.limits import LIMITS, ChoiceCount, MaxNewTokens, Seed, TopK, check_stops
 
 __all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "StreamOptions", "ChatCompletionRequest",
            "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id"]
@@ -87,6 +87,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: MaxNewTokens | None = Field(None, description="Newer name of max_tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: TopK = Field(0, description="Extension (as vLLM): sample among the k most likely tokens; 0 turns it off.")
     stop: str | list[str] | None = Field(None, description="Stop string(s).")
     seed: Seed | None = Field(None, description="Random seed for reproducible sampling (int64 min .. uint64 max).")
     stream: bool = Field(False, description="Stream chat.completion.chunk events (server-sent events).")

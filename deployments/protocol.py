@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.limits import LIMITS, MaxNewTokens, Seed, check_stops
+from deployments.limits import LIMITS, MaxNewTokens, Seed, TopK, check_stops
 
 __all__ = ["ChatMessage", "GenerateRequest", "GenerateResponse", "BASE_MODEL_IDS"]
 
@@ -41,6 +41,7 @@ class GenerateRequest(BaseModel):
     max_new_tokens: MaxNewTokens = Field(64, description="Most tokens to generate (capped by the engine's limit).")
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: TopK = Field(0, description="Sample among the k most likely tokens only; 0 turns it off.")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation (trimmed from the text).")
     seed: Seed | None = Field(None, description="Per-request random seed, for reproducible sampling.")
     ignore_eos: bool = Field(False, description="Generate exactly max_new_tokens, past EOS (benchmarks).")

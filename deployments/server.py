@@ -171,7 +171,8 @@ class BaseLLMServer:
         if prompt is None:
             messages = [m.model_dump() for m in req.messages]
             prompt = self.engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens,
+        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                                max_new_tokens=req.max_new_tokens,
                                 stop=req.stop, seed=req.seed, ignore_eos=req.ignore_eos)
         return GenerationRequest(prompt=prompt, adapter=adapter.name if adapter is not None else None,
                                  params=params, json_schema=req.json_schema, request_id=req.request_id)

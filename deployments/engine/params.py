@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deployments.limits import LIMITS, Seed, check_stops
+from deployments.limits import LIMITS, Seed, TopK, check_stops
 
 __all__ = ["SamplingParams", "GenerationRequest", "GenerationResult", "FinishReason"]
 
@@ -22,6 +22,7 @@ class SamplingParams(BaseModel):
 
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="Softmax temperature; 0 means greedy (argmax).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set of tokens with this mass.")
+    top_k: TopK = Field(0, description="Keep only the k most likely tokens before top_p; 0 keeps all.")
     max_new_tokens: int = Field(64, ge=1, description="Most tokens to generate; the engine caps it at max_new_tokens_limit.")
     stop: list[str] = Field(
         default_factory=list,

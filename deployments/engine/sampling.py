@@ -1,4 +1,4 @@
-"""Per-row token choice (greedy, temperature, top-p) and stop-string matching.
+"""Per-row token choice (greedy, temperature, top-k, top-p) and stop-string matching.
 
 Each row owns a ``torch.Generator`` seeded from its request, so a seeded row draws the same tokens
 whatever else shares its batch.
@@ -35,10 +35,20 @@ class RowSampler:
         if self.generator is None:
             return int(torch.argmax(logits).item())
         probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
+        if 0 < self.params.top_k < probs.shape[-1]:
+            probs = _top_k_filter(probs, self.params.top_k)
         if self.params.top_p < 1.0:
             probs = _top_p_filter(probs, self.params.top_p)
         # Sampling on CPU keeps the per-row generator on one device and the draw reproducible everywhere.
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator).item())
+
+
+def _top_k_filter(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Zero all but the ``top_k`` most likely tokens and renormalise."""
+    values, order = torch.topk(probs, top_k)
+    filtered = torch.zeros_like(probs)
+    filtered[order] = values
+    return filtered / filtered.sum()
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

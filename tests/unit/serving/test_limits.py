@@ -98,6 +98,8 @@ FIELD_CASES = {
     "messages": (GenerateRequest, {"messages": MSG * 257}, ["at most 256"]),
     "engine_seed": (SamplingParams, {"seed": 2**64, "temperature": 1.0}, [str(2**64)]),
     "chat_seed": (ChatCompletionRequest, {"model": "base", "messages": MSG, "seed": 2**64}, [str(2**64)]),
+    "top_k": (GenerateRequest, {"prompt": "x", "top_k": 5000}, ["top_k (5000)", "<= 1024"]),
+    "chat_top_k": (ChatCompletionRequest, {"model": "base", "messages": MSG, "top_k": -1}, ["top_k (-1)", ">= 0"]),
     "chat_n": (ChatCompletionRequest, {"model": "base", "messages": MSG, "n": 3}, ["n (3)", "<= 1"]),
     "chat_max_tokens": (ChatCompletionRequest, {"model": "base", "messages": MSG, "max_tokens": 10**9}, ["<= 32768"]),
     "chat_max_completion_tokens": (ChatCompletionRequest, {"model": "base", "messages": MSG,
@@ -214,3 +216,10 @@ def test_a_schema_at_the_limits_is_served_over_http(http):
         {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})))
     assert reply.status_code == 200, reply.text
     assert json.loads(reply.json()["choices"][0]["message"]["content"]).keys() == {"ok"}
+
+
+def test_top_k_reaches_the_sampler_through_the_chat_route(http):
+    greedy = http.post("/v1/chat/completions", json=chat(max_tokens=6))
+    top1 = http.post("/v1/chat/completions", json=chat(max_tokens=6, temperature=2.0, top_k=1, seed=3))
+    assert greedy.status_code == top1.status_code == 200, top1.text
+    assert top1.json()["choices"][0]["message"]["content"] == greedy.json()["choices"][0]["message"]["content"]
