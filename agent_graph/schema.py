@@ -25,7 +25,7 @@ from .errors import AgentMapError, MapProblem
 from .heuristics import HEURISTICS
 
 __all__ = ["MAP_FILE", "RECOMMENDED_FILE", "AgentKind", "FallbackStep", "AgentName", "AgentEntry", "LegacyEntry",
-           "AgentMap", "default_map_path", "load_agent_map"]
+           "AgentMap", "ReviewRules", "default_map_path", "load_agent_map"]
 
 MAP_FILE = "AGENT_MODEL_MAP.json"
 RECOMMENDED_FILE = "AGENT_MODEL_RECOMMENDED.json"
@@ -52,6 +52,108 @@ def _ref(value: str, want: type, what: str) -> str:
     return str(ref)
 
 
+class ReviewRules(BaseModel):
+    """When an agent's answer goes to human review (``hitl``); any rule that holds queues it, with its reason.
+
+    Which rules fit an agent depends on its output contract (checked by :class:`AgentMap`): ``block_on``
+    names values of the output's top-level ``verdict`` or ``decision``, ``unverified`` needs a ``verdict``
+    that can be ``"unverified"``, ``min_confidence`` a ``confidence`` field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block_on: list[str] = Field(default_factory=list, max_length=8, description="Verdict/decision values that "
+                                "block the story (critic 'reject', chief_editor 'reject'/'escalate'): reason "
+                                "'blocking_verdict'.")
+    unverified: bool = Field(False, description="Any verdict 'unverified' in the output (fact_checker): reason "
+                             "'unverified'.")
+    fallback: bool = Field(False, description="Answered by a later step of the fallback chain: reason 'fallback'.")
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0, description="Any 'confidence' in the output below "
+                                         "this: reason 'low_confidence'.")
+    sample: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of every answer queued at random for quality "
+                          "control: reason 'sampled'.")
+
+    def reasons(self, output: dict[str, Any], *, fallback: bool, draw: float = 1.0) -> list[str]:
+        """The reasons ``output`` goes to review (empty: it does not).
+
+        Args:
+            output: the agent's validated output, as JSON.
+            fallback: whether a later fallback step answered.
+            draw: a uniform random number in [0, 1) for the sampling rule.
+        """
+        found: list[str] = []
+        top = [output.get(k) for k in _VERDICT_FIELDS if k in output]
+        if self.block_on and any(v in self.block_on for v in top):
+            found.append("blocking_verdict")
+        if self.unverified and "unverified" in _values_of(output, "verdict"):
+            found.append("unverified")
+        if self.fallback and fallback:
+            found.append("fallback")
+        if self.min_confidence is not None:
+            scores = [c for c in _values_of(output, "confidence") if isinstance(c, (int, float))]
+            if scores and min(scores) < self.min_confidence:
+                found.append("low_confidence")
+        if self.sample and draw < self.sample:
+            found.append("sampled")
+        return found
+
+    def problems(self, output_schema: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(field, message)`` for every rule the agent's output contract cannot satisfy."""
+        out = []
+        props = output_schema.get("properties", {})
+        defs = output_schema.get("$defs", {})
+        top = {k: _enum(props[k], defs) for k in _VERDICT_FIELDS if k in props}
+        if self.block_on:
+            allowed = set().union(*top.values()) if top else set()
+            bad = [v for v in self.block_on if v not in allowed]
+            if not top:
+                out.append(("review.block_on", "the output contract has no top-level 'verdict' or 'decision'"))
+            elif bad:
+                out.append(("review.block_on", f"{', '.join(map(repr, bad))} not among the contract's values "
+                                               f"{sorted(allowed)}"))
+        if self.unverified and "unverified" not in _schema_enums(output_schema, "verdict"):
+            out.append(("review.unverified", "the output contract has no verdict that can be 'unverified'"))
+        if self.min_confidence is not None and not _schema_has(output_schema, "confidence"):
+            out.append(("review.min_confidence", "the output contract has no 'confidence' field"))
+        return out
+
+
+_VERDICT_FIELDS = ("verdict", "decision")
+
+
+def _values_of(node: Any, key: str) -> list[Any]:
+    """Every value stored under ``key`` anywhere in a JSON value."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == key] + [x for v in node.values() for x in _values_of(v, key)]
+    if isinstance(node, list):
+        return [x for v in node for x in _values_of(v, key)]
+    return []
+
+
+def _enum(prop: dict[str, Any], defs: dict[str, Any]) -> set[Any]:
+    ref = prop.get("$ref")
+    prop = defs.get(ref.rsplit("/", 1)[-1], {}) if ref else prop
+    return set(prop.get("enum", [])) | {e for alt in prop.get("anyOf", []) for e in alt.get("enum", [])}
+
+
+def _schema_props(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every ``(property name, property schema)`` of a JSON schema, nested objects and ``$defs`` included."""
+    found = []
+    for node in [schema, *schema.get("$defs", {}).values()]:
+        for name, prop in node.get("properties", {}).items():
+            found.append((name, prop))
+    return found
+
+
+def _schema_enums(schema: dict[str, Any], key: str) -> set[Any]:
+    defs = schema.get("$defs", {})
+    return set().union(*(_enum(p, defs) for n, p in _schema_props(schema) if n == key))
+
+
+def _schema_has(schema: dict[str, Any], key: str) -> bool:
+    return any(n == key for n, _ in _schema_props(schema))
+
+
 class AgentEntry(BaseModel):
     """One agent's models and how to degrade when they fail."""
 
@@ -71,6 +173,8 @@ class AgentEntry(BaseModel):
     fallback: list[FallbackStep] = Field(min_length=1, description="Steps tried in order until one answers.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Default generation budget of a reply.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Default sampling temperature; 0 is greedy.")
+    review: ReviewRules | None = Field(None, description="When an answer goes to human review (hitl); None: never "
+                                       "by rule (items can still be queued by hand).")
 
     @field_validator("base")
     @classmethod
@@ -187,6 +291,8 @@ class AgentMap(BaseModel):
                                                          f"(known: {', '.join(agent_names())})"))
             elif spec is not None and spec.kind != entry.kind:
                 problems.append(MapProblem(name, "kind", f"{entry.kind!r}, but its contract is {spec.kind!r}"))
+            if spec is not None and entry.review is not None:
+                problems += [MapProblem(name, f, m) for f, m in entry.review.problems(spec.output_model.model_json_schema())]
         for name in agent_names():
             if name not in self.agents:
                 problems.append(MapProblem(name, None, "has a contract but no entry in the map"))
