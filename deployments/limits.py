@@ -106,18 +106,23 @@ def check_prompt(prompt: str | None = None, contents: list[str] = (), limits: Ad
                                        f"({limits.max_prompt_chars})")
 
 
-def schema_stats(schema: Any, stop_depth: int | None = None) -> dict[str, int]:
-    """Depth, property count and largest enum of a JSON document, walked iteratively (no recursion limit).
+def schema_stats(schema: Any, stop_depth: int | None = None, max_nodes: int | None = None) -> dict[str, int]:
+    """Depth, property count, largest enum and node count of a JSON document, walked iteratively (no
+    recursion limit).
 
     Args:
         schema: the parsed schema.
         stop_depth: stop walking below this depth (its own depth is then reported as ``stop_depth + 1``),
             so a hostile document costs no more than the limit it breaks.
+        max_nodes: stop after this many values (``nodes`` is then ``max_nodes + 1``).
     """
-    depth = properties = enum = 0
+    depth = properties = enum = nodes = 0
     stack: list[tuple[Any, int]] = [(schema, 1)]
     while stack:
         node, level = stack.pop()
+        nodes += 1
+        if max_nodes is not None and nodes > max_nodes:
+            break
         if not isinstance(node, (dict, list)):
             continue
         depth = max(depth, level)
@@ -133,7 +138,7 @@ def schema_stats(schema: Any, stop_depth: int | None = None) -> dict[str, int]:
             stack.extend((v, level + 1) for v in node.values())
         else:
             stack.extend((v, level + 1) for v in node)
-    return {"depth": depth, "properties": properties, "enum_values": enum}
+    return {"depth": depth, "properties": properties, "enum_values": enum, "nodes": nodes}
 
 
 def check_json_schema(schema: Any, limits: AdmissionLimits = LIMITS, *, field: str = "json_schema") -> str:
@@ -145,8 +150,13 @@ def check_json_schema(schema: Any, limits: AdmissionLimits = LIMITS, *, field: s
     """
     if not isinstance(schema, dict):
         raise LimitExceededError(f"{field} must be a JSON object, got {type(schema).__name__}")
-    # Depth first and bounded: serialising a document thousands of levels deep would itself recurse too far.
-    stats = schema_stats(schema, stop_depth=limits.max_schema_depth)
+    # Walked first and bounded, in depth and in values: serialising a document thousands of levels deep would
+    # itself recurse too far, and every JSON value takes at least one byte, so more values than
+    # max_schema_bytes means too large without serialising anything.
+    stats = schema_stats(schema, stop_depth=limits.max_schema_depth, max_nodes=limits.max_schema_bytes)
+    if stats["nodes"] > limits.max_schema_bytes:
+        raise SchemaTooLargeError(f"{field} holds more than {limits.max_schema_bytes} JSON values, so more than "
+                                  f"max_schema_bytes ({limits.max_schema_bytes})")
     if stats["depth"] > limits.max_schema_depth:
         raise LimitExceededError(f"{field} is nested deeper than max_schema_depth ({limits.max_schema_depth}) levels")
     try:

@@ -42,6 +42,8 @@ SCHEMA_CASES = {
     "bytes": (padded(40_000), SchemaTooLargeError, 413, ["40034 bytes", "max_schema_bytes (32768)"]),
     "properties": (wide(300), LimitExceededError, 400, ["300 properties", "max_schema_properties (256)"]),
     "enum": (enum(300), LimitExceededError, 400, ["300 values", "max_schema_enum_values (256)"]),
+    "values": ({"type": "object", "enum": [[0] * 1000] * 40}, SchemaTooLargeError, 413,
+               ["more than 32768 JSON values", "max_schema_bytes (32768)"]),
     "not_an_object": ([1, 2], LimitExceededError, 400, ["must be a JSON object"]),
     "nan": ({"type": "number", "default": float("nan")}, LimitExceededError, 400, ["not serialisable"]),
 }
