@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from deployments.errors import LimitExceededError, RequestTooLargeError, SchemaTooLargeError
 
@@ -70,7 +70,8 @@ def bounded_int(field: str, lo: int | None, hi: int | None, limit_name: str) -> 
                              f"(admission limit {limit_name})")
         return value
 
-    return Annotated[int, AfterValidator(check)]
+    bounds = {k: v for k, v in (("minimum", lo), ("maximum", hi)) if v is not None}
+    return Annotated[int, AfterValidator(check), WithJsonSchema({"type": "integer", **bounds})]
 
 
 # Annotated int types for the protocol models (one per caller-controlled integer).

@@ -246,6 +246,7 @@ class BaseLLMServer:
     async def shutdown(self, timeout_s: float | None = None) -> None:
         """Stop accepting requests and finish the queued ones (up to ``timeout_s``)."""
         await self.batcher.close(self.settings.graceful_shutdown_timeout_s if timeout_s is None else timeout_s)
+        self.engine.close()
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready counters: adapter loads and evictions, residency, batch composition, engine stats."""

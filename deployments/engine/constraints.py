@@ -141,8 +141,11 @@ class GrammarCache:
                     f"{self.max_pending}; retry shortly"
                 )
             job = GrammarJob(key)
+            try:
+                self._executor.submit(self._work, job)
+            except RuntimeError as exc:  # shut down (the replica is stopping)
+                raise GrammarCompileBusy(f"the grammar compile pool is closed: {exc}") from None
             self._pending[key] = job
-            self._executor.submit(self._work, job)
         return job
 
     def wait_left(self, job: GrammarJob, since: float) -> float:

@@ -210,6 +210,11 @@ class InferenceEngine:
             if not done.done():  # gave up: the outcome, when it comes, has no reader
                 done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    def close(self) -> None:
+        """Stop the grammar compile threads (queued compiles are dropped; a running one ends on its own)."""
+        if self._grammars is not None:
+            self._grammars.close()
+
     def _grammar_cache(self) -> GrammarCache:
         # Built on first use: TokenizerInfo scans the whole vocabulary, wasted on engines that never constrain.
         with self._grammar_lock:

@@ -156,3 +156,13 @@ def test_compile_threads_run_at_a_lower_cpu_priority_than_the_decode_loop(base_m
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     asyncio.run(make_engine(base_model, tokenizer, grammar_compile_nice=5).precompile(schema("a")))
     assert seen == [min(19, own + 5)]
+
+
+def test_after_close_a_new_schema_is_a_503_and_cached_ones_still_serve(base_model, tokenizer):
+    engine = make_engine(base_model, tokenizer)
+    cached = asyncio.run(engine.precompile(schema("a")))
+    engine.close()
+    assert asyncio.run(engine.precompile(schema("a"))) is cached
+    with pytest.raises(GrammarCompileBusy, match="closed"):
+        asyncio.run(engine.precompile(schema("b")))
+    assert engine.stats()["grammar_compiles_pending"] == 0
