@@ -50,6 +50,7 @@ class GrammarJob:
         self.key = key
         self.future: Future = Future()
         self.started_at: float | None = None
+        self.waiters = 0  # callers waiting for it; when the last leaves before it starts, it is dropped
 
 
 class GrammarCache:
@@ -134,6 +135,7 @@ class GrammarCache:
                 )
             job = self._pending.get(key)
             if job is not None:
+                job.waiters += 1
                 return job
             if len(self._pending) >= self.max_pending:
                 raise GrammarCompileBusy(
@@ -141,6 +143,7 @@ class GrammarCache:
                     f"{self.max_pending}; retry shortly"
                 )
             job = GrammarJob(key)
+            job.waiters = 1
             try:
                 self._executor.submit(self._work, job)
             except RuntimeError as exc:  # shut down (the replica is stopping)
@@ -176,14 +179,30 @@ class GrammarCache:
                 )
         return max(left, 0.001)
 
+    def leave(self, job: GrammarJob) -> None:
+        """A caller stops waiting for ``job`` (answered or gave up). A job nobody waits for any more is dropped
+        while still queued, so abandoned compiles never pile up in front of new ones; a running one finishes."""
+        with self._lock:
+            job.waiters -= 1
+            if job.waiters <= 0 and job.future.cancel():  # False once running or done
+                self._forget(job)
+
     def wait(self, job: GrammarJob) -> xgr.CompiledGrammar:
         """Block until ``job`` is compiled (for callers outside an event loop), within the timeouts."""
         since = time.monotonic()
-        while True:
-            try:
-                return job.future.result(timeout=self.wait_left(job, since))
-            except FutureTimeout:
-                continue
+        try:
+            while True:
+                try:
+                    return job.future.result(timeout=self.wait_left(job, since))
+                except FutureTimeout:
+                    continue
+        finally:
+            self.leave(job)
+
+    def _forget(self, job: GrammarJob) -> None:
+        # Under the lock. Only this job: a newer one for the same schema may have been submitted since.
+        if self._pending.get(job.key) is job:
+            del self._pending[job.key]
 
     def get(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
         """Return the compiled grammar of ``schema``, compiling it on the pool on first use (blocking).
@@ -194,9 +213,9 @@ class GrammarCache:
         return self.wait(self.submit(schema))
 
     def _work(self, job: GrammarJob) -> None:
-        if not job.future.set_running_or_notify_cancel():
+        if not job.future.set_running_or_notify_cancel():  # every waiter left while it was queued
             with self._lock:
-                self._pending.pop(job.key, None)
+                self._forget(job)
             return
         try:
             job.future.set_result(self._run(job))
@@ -210,7 +229,7 @@ class GrammarCache:
         finally:
             seconds = time.monotonic() - job.started_at
             with self._lock:
-                self._pending.pop(job.key, None)
+                self._forget(job)
         with self._lock:
             if seconds > self.timeout_s:
                 # Refused even though it finished: whether a schema is served must not depend on who waited.

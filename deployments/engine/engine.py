@@ -187,7 +187,8 @@ class InferenceEngine:
         """Compile ``schema`` off the event loop and the decode loop; put the result in ``GenerationRequest.grammar``.
 
         Waits for a free compile worker and then for the compile itself, each at most
-        ``grammar_compile_timeout_s``; a waiter that gives up leaves the compile running (others may share it).
+        ``grammar_compile_timeout_s``; a waiter that gives up leaves a running compile running (others may
+        share it), and a queued one nobody else waits for is dropped.
 
         Raises:
             InvalidSchema: the schema does not compile (400).
@@ -207,6 +208,7 @@ class InferenceEngine:
                 except asyncio.TimeoutError:
                     continue
         finally:
+            cache.leave(job)
             if not done.done():  # gave up: the outcome, when it comes, has no reader
                 done.add_done_callback(lambda f: f.cancelled() or f.exception())
 

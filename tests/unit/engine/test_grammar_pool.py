@@ -110,12 +110,15 @@ def test_waiting_for_a_busy_pool_is_a_retryable_503_not_the_schemas_fault(base_m
         await asyncio.to_thread(hold.started.wait, 30)
         with pytest.raises(GrammarCompileBusy, match="waited .* for a grammar compile worker") as caught:
             await engine.precompile(schema("queued"))
+        # Nobody waits for the queued compile any more: dropped, so abandoned work never piles up.
+        assert engine.stats()["grammar_compiles_pending"] == 1
         hold.release.set()
         await asyncio.gather(held, return_exceptions=True)
         return caught.value
 
     error = asyncio.run(run())
     assert error.http_status == 503
+    assert json.dumps(schema("queued"), separators=(",", ":")) not in hold.keys
     # Once a worker is free the same schema compiles: being queued is not held against it.
     assert asyncio.run(engine.precompile(schema("queued"))) is not None
 
@@ -166,3 +169,17 @@ def test_after_close_a_new_schema_is_a_503_and_cached_ones_still_serve(base_mode
     with pytest.raises(GrammarCompileBusy, match="closed"):
         asyncio.run(engine.precompile(schema("b")))
     assert engine.stats()["grammar_compiles_pending"] == 0
+
+
+def test_a_queued_compile_stays_while_anyone_still_waits_for_it(base_model, tokenizer, hold):
+    engine = make_engine(base_model, tokenizer, grammar_compile_workers=1)
+    cache = engine._grammar_cache()
+    held = cache.submit(schema(HELD))
+    hold.started.wait(30)
+    first, second = cache.submit(schema("b")), cache.submit(schema("b"))
+    assert first is second and cache.pending == 2
+    cache.leave(first)  # one gave up, the other still waits
+    assert cache.pending == 2
+    hold.release.set()
+    assert cache.wait(second) is not None and cache.wait(held) is not None
+    assert cache.pending == 0 and engine.stats()["grammars_compiled"] == 2
