@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from agent_graph import load_agent_map
+from deployments.hitl_routes import install_hitl
 from deployments.http_app import build_http_app
 from deployments.pool_router import PoolRouter
 from deployments.ingress_server import IngressServer, IngressSettings
@@ -57,9 +58,14 @@ class IngressDeployment:
             llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
             agent_stats=self._agent_stats, canary_status=self._canary_status if canary is not None else None,
             http_host=_serve_http_host(), pool_stats=self._pool_stats)
+        from deployments.hitl_metrics import ingress_service
+
+        self._hitl = ingress_service(store_root, self._server.served_agents)  # /hitl: review queue and pages
 
     def __serve_build_asgi_app__(self):  # noqa: N807 - Serve's hook name
-        return build_http_app(self._server)
+        app = build_http_app(self._server)
+        install_hitl(app, self._hitl)
+        return app
 
     @staticmethod
     def _caller(handle: Any):

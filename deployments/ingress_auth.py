@@ -2,9 +2,12 @@
 
 * **api** -- calling agents, the pipeline, the OpenAI routes, ``/healthz``, ``/docs``: the API token
   (``$JUSTNEWS_API_TOKEN``) or the admin token.
-* **admin** -- ``/stats``, ``/canary`` and every ``/hitl`` route (operational figures and, later, human-in-the-loop
-  administration): the admin token (``$JUSTNEWS_ADMIN_TOKEN``) only; the API token gets 403. Where no admin
-  token is set (allowed on loopback only) the API token stands in for it.
+* **admin** -- ``/stats``, ``/canary`` and every ``/hitl`` route but the reviewers' pages (operational figures and
+  the human-in-the-loop JSON API): the admin token (``$JUSTNEWS_ADMIN_TOKEN``) only; the API token gets 403. Where
+  no admin token is set (allowed on loopback only) the API token stands in for it.
+* **reviewer** -- the reviewers' pages (``/hitl/``, ``/hitl/login``, ``/hitl/logout``, ``/hitl/review/...``): no
+  bearer token (a browser sends none); :mod:`deployments.hitl_routes` checks the reviewer's own session cookie
+  and each form's CSRF token instead.
 
 With neither token set every route is open, which the ingress accepts only while Serve's HTTP proxy binds a
 loopback address (``http_options.host`` 127.0.0.1 / ::1 / localhost, the default). Any other address -- 0.0.0.0, a
@@ -23,11 +26,13 @@ from typing import Iterable, Literal, Mapping
 
 from deployments.http_errors import ForbiddenError, UnauthorizedError
 
-__all__ = ["Scope", "ADMIN_PATH_PREFIXES", "MIN_TOKEN_CHARS", "InsecureBindingError", "TokenGuard", "is_loopback",
+__all__ = ["Scope", "ADMIN_PATH_PREFIXES", "REVIEWER_PATHS", "MIN_TOKEN_CHARS", "InsecureBindingError", "TokenGuard", "is_loopback",
            "scope_of"]
 
-Scope = Literal["api", "admin"]
+Scope = Literal["api", "admin", "reviewer"]
 ADMIN_PATH_PREFIXES = ("/stats", "/canary", "/hitl")
+# The reviewers' pages: exact paths, and prefixes ending in '/'. Everything else under /hitl stays admin.
+REVIEWER_PATHS = ("/hitl/", "/hitl/login", "/hitl/logout", "/hitl/review/")
 MIN_TOKEN_CHARS = 16
 
 
@@ -48,6 +53,8 @@ def is_loopback(host: str) -> bool:
 
 def scope_of(path: str) -> Scope:
     """The scope a request path needs."""
+    if any(path == p or (p.endswith("/") and len(p) > len("/hitl/") and path.startswith(p)) for p in REVIEWER_PATHS):
+        return "reviewer"
     return "admin" if any(path == p or path.startswith(p + "/") for p in ADMIN_PATH_PREFIXES) else "api"
 
 
@@ -114,7 +121,7 @@ class TokenGuard:
             UnauthorizedError: no token, or one the ingress does not know (401).
             ForbiddenError: the API token on an admin route while an admin token is configured (403).
         """
-        if self.open:
+        if self.open or scope == "reviewer":  # reviewer pages check their own session (hitl_routes)
             return
         given = _bearer(header)
         if scope == "admin":

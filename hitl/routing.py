@@ -12,6 +12,7 @@ import logging
 import random
 from typing import Any, Callable
 
+from agent_graph import get_spec
 from agent_graph.schema import ReviewRules
 
 from .store import NewItem
@@ -49,6 +50,7 @@ class ReviewRouter:
             reasons = self.reasons(response)
             if reasons:
                 self.routed += 1
+                inp = get_spec(self.agent).load_input(inp).model_dump(mode="json")  # as the contract writes it
                 self.writer.submit(NewItem(agent=self.agent, input=inp, output=response["output"],
                                            reasons=tuple(reasons), answered_by=response.get("answered_by"),
                                            step=response.get("step"), pool=response.get("pool")))
