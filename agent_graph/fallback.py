@@ -87,7 +87,13 @@ def routes(agent_map: AgentMap, agent: str, task: str | None = None) -> list[Rou
 
 
 def generation_request(spec: AgentSpec, inp: BaseModel, entry: AgentEntry) -> dict[str, Any]:
-    """The body of a base-LLM generation for ``inp``: chat messages, the narrowed schema, the defaults."""
+    """The body of a base-LLM generation for ``inp``: chat messages, the narrowed schema, the defaults.
+
+    ``max_new_tokens`` is the entry's, which :meth:`AgentMap.store_problems` checks at load against the
+    agent's largest valid reply counted with the served base's tokenizer (``agent_graph.budget``): the
+    grammar ends a reply as soon as its JSON is complete, so one ceiling sized for the largest input serves
+    every smaller one, and narrowing it per request would save nothing.
+    """
     return {"messages": spec.build_messages(inp), "json_schema": spec.json_schema(inp),
             "max_new_tokens": entry.max_new_tokens, "temperature": entry.temperature}
 

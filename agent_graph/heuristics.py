@@ -16,6 +16,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from .agents import journalist as _jn, reasoning as _rs, synthesizer as _sy
 from .agents.analyst import AnalystInput, AnalystOutput
 from .agents.chief_editor import ChiefEditorInput, ChiefEditorOutput
 from .agents.critic import CriticInput, CriticIssue, CriticOutput
@@ -72,14 +73,14 @@ def extractive_lead(inp: SynthesizerInput) -> SynthesizerOutput:
     summary, used = "", []
     for i, lead in leads:
         candidate = f"{summary} {lead}".strip()
-        if len(candidate) > 600:
+        if len(candidate) > _sy.SUMMARY_CHARS:
             break
         summary, used = candidate, used + [i]
     if not used:
-        summary, used = _clip(leads[0][1], 600), [0]
-    points = [_clip(s, 120) for a in inp.articles for s in (sentences(a.text) or [a.title])[:per_article]]
-    return SynthesizerOutput(headline=_clip(inp.articles[0].title, 120), summary=summary,
-                             key_points=points[:4], sources=used)
+        summary, used = _clip(leads[0][1], _sy.SUMMARY_CHARS), [0]
+    points = [_clip(s, _sy.POINT_CHARS) for a in inp.articles for s in (sentences(a.text) or [a.title])[:per_article]]
+    return SynthesizerOutput(headline=_clip(inp.articles[0].title, _sy.HEADLINE_CHARS), summary=summary,
+                             key_points=points[:_sy.MAX_POINTS], sources=used)
 
 
 def fact_template(inp: JournalistInput) -> JournalistOutput:
@@ -92,8 +93,8 @@ def fact_template(inp: JournalistInput) -> JournalistOutput:
         body.append(fact)
         used.append(i)
         words += n
-    return JournalistOutput(headline=_clip(inp.topic, 120), lede=_clip(inp.facts[0], 300),
-                            body=_clip(" ".join(body), 1500), facts_used=used)
+    return JournalistOutput(headline=_clip(inp.topic, _jn.HEADLINE_CHARS), lede=_clip(inp.facts[0], _jn.LEDE_CHARS),
+                            body=_clip(" ".join(body), _jn.BODY_CHARS), facts_used=used)
 
 
 def editorial_rules(inp: ChiefEditorInput) -> ChiefEditorOutput:
@@ -115,13 +116,13 @@ def editorial_rules(inp: ChiefEditorInput) -> ChiefEditorOutput:
 
 
 def premise_chain(inp: ReasoningInput) -> ReasoningOutput:
-    """Reasoning: restate up to five premises as steps; confidence grows with the premises given."""
+    """Reasoning: restate up to MAX_STEPS premises as steps; confidence grows with the premises given."""
     if not inp.premises:
         return ReasoningOutput(steps=[ReasoningStep(uses=[], claim="No premises were given.")],
-                               conclusion=_clip(f"Cannot answer from no premises: {inp.question}", 240),
+                               conclusion=_clip(f"Cannot answer from no premises: {inp.question}", _rs.CONCLUSION_CHARS),
                                confidence=0.1)
-    steps = [ReasoningStep(uses=[i], claim=_clip(p, 160)) for i, p in enumerate(inp.premises[:5])]
-    return ReasoningOutput(steps=steps, conclusion=_clip(f"Given the premises: {steps[-1].claim}", 240),
+    steps = [ReasoningStep(uses=[i], claim=_clip(p, _rs.CLAIM_CHARS)) for i, p in enumerate(inp.premises[:_rs.MAX_STEPS])]
+    return ReasoningOutput(steps=steps, conclusion=_clip(f"Given the premises: {steps[-1].claim}", _rs.CONCLUSION_CHARS),
                            confidence=_score(0.2 + 0.1 * len(steps)))
 
 

@@ -323,9 +323,12 @@ class AgentMap(BaseModel):
         """Every ref that does not resolve in ``store`` (a ``modelstore.ModelStore``), and every mismatch.
 
         Checks that each ref resolves, is of the right kind, that adapters were validated against the
-        entry's base version, and that the base offers at least one acceptable variant.
+        entry's base version, that the base offers at least one acceptable variant, and that
+        ``max_new_tokens`` holds the agent's largest valid reply counted with the base's own tokenizer
+        (``agent_graph.budget``; skipped when the base ships no loadable tokenizer, e.g. a dry-run store).
         """
         problems: list[MapProblem] = []
+        tokenizers: dict[str, Any] = {}
         for name, entry in self.agents.items():
             if entry.kind != "llm":
                 continue
@@ -338,6 +341,13 @@ class AgentMap(BaseModel):
             base = resolved.get("base")
             if base is None:
                 continue
+            tokenizer = tokenizers.setdefault(str(base.ref), _base_tokenizer(base))
+            if tokenizer is not None and name in AGENTS:
+                from .budget import budget_problem
+
+                problem = budget_problem(name, entry.max_new_tokens, tokenizer)
+                if problem is not None:
+                    problems.append(MapProblem(name, "max_new_tokens", f"{problem} (tokenizer of {base.ref})"))
             offered = base.manifest.approx_vram_mb
             usable = [v for v in entry.variant_preference if v in offered]
             if not usable:
@@ -356,6 +366,19 @@ class AgentMap(BaseModel):
         problems = self.store_problems(store)
         if problems:
             raise AgentMapError(f"{MAP_FILE} against ModelStore {getattr(store, 'root', store)}", problems)
+
+
+def _base_tokenizer(base: Any) -> Any:
+    """The tokenizer a resolved base ships, or None when it has none that loads (metadata-only stores)."""
+    path = Path(getattr(base, "path", ""))
+    if not (path / "tokenizer_config.json").is_file():
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is the loader's problem, not the map's
+        return None
 
 
 def _problems(exc: ValidationError) -> list[MapProblem]:

@@ -11,7 +11,9 @@ from ..contracts import AgentSpec, Contract, IndexList, Score, Text, numbered, o
 __all__ = ["MAX_CLAIMS", "MAX_EVIDENCE", "ClaimVerdictLabel", "FactCheckerInput", "ClaimVerdict",
            "FactCheckerOutput", "SPEC"]
 
-MAX_CLAIMS = 8
+# 7, not 8: eight verdicts may take 543 tokens (agent_graph.budget), more than the engine's default
+# max_new_tokens_limit (512); seven take 476.
+MAX_CLAIMS = 7
 MAX_EVIDENCE = 8
 ClaimVerdictLabel = Literal["supported", "refuted", "unverified"]
 

@@ -8,9 +8,14 @@ from pydantic import Field
 
 from ..contracts import AgentSpec, Contract, IndexList, Text, numbered, register
 
-__all__ = ["MAX_FACTS", "JournalistInput", "JournalistOutput", "SPEC"]
+__all__ = ["MAX_FACTS", "HEADLINE_CHARS", "LEDE_CHARS", "BODY_CHARS", "MAX_WORDS", "JournalistInput", "JournalistOutput", "SPEC"]
 
 MAX_FACTS = 12
+# Lengths sized so the longest draft fits the engine's default max_new_tokens_limit (512 tokens, see
+# agent_graph.budget): a 1,500-character body with a 300-character lede needed about 900. The word target
+# follows the body (about six characters a word).
+HEADLINE_CHARS, LEDE_CHARS, BODY_CHARS = 120, 240, 600
+MAX_WORDS = 100
 
 
 # Positions into JournalistInput.facts.
@@ -23,15 +28,15 @@ class JournalistInput(Contract):
     topic: Text(200) = Field(description="What the article is about.")
     facts: list[Text(300)] = Field(min_length=1, max_length=MAX_FACTS, description="Facts the draft may state.")
     style: Literal["news", "brief", "feature"] = Field("news", description="House style of the draft.")
-    max_words: int = Field(150, ge=30, le=400, description="Length target of the body, in words.")
+    max_words: int = Field(80, ge=30, le=MAX_WORDS, description=f"Length target of the body, in words (at most {MAX_WORDS}: the body holds {BODY_CHARS} characters).")
 
 
 class JournalistOutput(Contract):
     """A draft: headline, lede, body, and which facts it used."""
 
-    headline: Text(120) = Field(description="Headline.")
-    lede: Text(300) = Field(description="Opening sentence.")
-    body: Text(1500) = Field(description="Body paragraphs.")
+    headline: Text(HEADLINE_CHARS) = Field(description="Headline.")
+    lede: Text(LEDE_CHARS) = Field(description="Opening sentence.")
+    body: Text(BODY_CHARS) = Field(description="Body paragraphs.")
     facts_used: FactRefs = Field(description="Positions of the facts the draft states.")
 
 

@@ -12,9 +12,12 @@ from pydantic import Field, model_validator
 
 from ..contracts import AgentSpec, Contract, IndexList, Text, register
 
-__all__ = ["MAX_ARTICLES", "SourceArticle", "SynthesizerInput", "SynthesizerOutput", "SPEC"]
+__all__ = ["MAX_ARTICLES", "HEADLINE_CHARS", "SUMMARY_CHARS", "POINT_CHARS", "MAX_POINTS", "SourceArticle", "SynthesizerInput", "SynthesizerOutput", "SPEC"]
 
 MAX_ARTICLES = 6
+# Output lengths sized so the longest reply fits the engine's default max_new_tokens_limit (512 tokens,
+# see agent_graph.budget): a 600-character summary needed 590.
+HEADLINE_CHARS, SUMMARY_CHARS, POINT_CHARS, MAX_POINTS = 120, 400, 120, 4
 # The whole prompt must fit the base's context; an article's lead carries the most, so longer texts are
 # clipped to a share of this budget when rendered (the input bound stays generous for the HTTP caller).
 _RENDER_BUDGET = 3000
@@ -47,9 +50,9 @@ class SynthesizerInput(Contract):
 class SynthesizerOutput(Contract):
     """A headline, a short summary, key points, and which articles were used."""
 
-    headline: Text(120) = Field(description="Headline of the summary.")
-    summary: Text(600) = Field(description="The summary, a few sentences.")
-    key_points: list[Text(120)] = Field(max_length=4, description="Main points, most important first.")
+    headline: Text(HEADLINE_CHARS) = Field(description="Headline of the summary.")
+    summary: Text(SUMMARY_CHARS) = Field(description="The summary, a few sentences.")
+    key_points: list[Text(POINT_CHARS)] = Field(max_length=MAX_POINTS, description="Main points, most important first.")
     sources: ArticleRefs = Field(description="Positions of the articles drawn on.")
 
 

@@ -12,13 +12,13 @@ LONG = "The council said the bridge budget rose sharply. " * 40
 # Inputs at (or near) their bounds: outputs must still fit every output limit.
 EDGE_INPUTS = {
     "synthesizer": {"task": "synthesis", "articles": [{"title": "T" * 200, "text": LONG[:6000]}] * 6},
-    "journalist": {"topic": "t" * 200, "facts": ["word " * 59 + "end."] * 12, "max_words": 400},
+    "journalist": {"topic": "t" * 200, "facts": ["word " * 59 + "end."] * 12, "max_words": 100},
     "chief_editor": {"headline": "h", "text": "x", "critic_issues": ["i" * 160] * 8, "claims_refuted": 16,
                      "claims_unverified": 16},
     "reasoning": {"question": "q" * 500, "premises": ["p" * 300] * 10},
     "critic": {"headline": "h", "text": "short", "claim_checks": [{"claim": "c" * 300, "verdict": "refuted"}] * 8,
                "bias": 1.0, "persuasion": 1.0},
-    "fact_checker": {"claims": ["The bridge opened in 1999."] * 8, "evidence": []},
+    "fact_checker": {"claims": ["The bridge opened in 1999."] * 7, "evidence": []},
     "analyst": {"text": "outrageous shocking disaster " * 250},
     "re_ranker": {"query": "the of and", "passages": ["p"] * 16},
     "scout": {"texts": ["a " * 4000] * 64, "normalize": False},
