@@ -26,11 +26,12 @@ def _catalogue() -> dict[str, set[str]]:
 
     from deployments.agent_server import AgentMetrics
     from deployments.canary_controller import _CanaryMetrics
+    from deployments.hitl_metrics import HitlMetrics
     from deployments.metrics import LLMMetrics
     from deployments.replica_budget import memory_gauges
 
     objects = [*vars(LLMMetrics()).values(), *vars(AgentMetrics()).values(), *vars(_CanaryMetrics()).values(),
-               *memory_gauges(serve_metrics)]
+               *vars(HitlMetrics()).values(), *memory_gauges(serve_metrics)]
     out: dict[str, set[str]] = dict(RAY_OWN)
     for m in objects:
         if not isinstance(m, ray_metrics.Metric):
@@ -107,7 +108,8 @@ def test_rule_file_has_the_structure_prometheus_loads():
 def test_alerts_cover_what_operators_are_paged_for():
     exprs = " ".join(r["expr"] for r in _rules())
     for series in ("oom_events", "preload_failures", "agent_latency_s_bucket", "hotswap_failures",
-                   "pool_free_slots", "pool_rejections", "canary_decisions", "memory_peak_mb"):
+                   "pool_free_slots", "pool_rejections", "canary_decisions", "memory_peak_mb",
+                   "hitl_oldest_pending_age_s", "hitl_queue_failures"):
         assert series in exprs, series
 
 
@@ -145,5 +147,6 @@ def test_dashboard_panels_query_exported_series(catalogue):
     for expr in queries:
         assert _check_expr(expr, catalogue) == [], expr
     titles = " ".join(p["title"] for p in panels).lower()
-    for topic in ("latency", "resident", "evictions", "tokens per second", "canary"):
+    for topic in ("latency", "resident", "evictions", "tokens per second", "canary", "review queue depth",
+                  "oldest pending review", "review decisions per minute"):
         assert topic in titles, topic
