@@ -27,6 +27,7 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#f6f6f4}
 header{background:#1d3557;color:#fff;padding:.6em 1.2em;display:flex;justify-content:space-between;align-items:center}
 header a,header button{color:#fff}
+header button{background:transparent;border:1px solid #fff;border-radius:3px}
 main{padding:1em 1.2em}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}
