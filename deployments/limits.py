@@ -4,25 +4,33 @@ A request that breaks a limit is refused at the edge it arrives at (the ingress 
 the BaseLLM replica for handle and agent calls) before it is tokenized, compiled or queued, with a 400 (or a
 413 for sizes) whose message names the field, the value and the limit. The protocol models
 (``deployments/protocol.py``, ``deployments/openai_protocol.py``, ``deployments/engine/params.py``) take their
-bounds from :data:`LIMITS`; JSON schemas are checked by :func:`check_json_schema`.
+bounds from :data:`LIMITS`; JSON schemas are checked by :func:`check_json_schema`. An operator changes a
+limit with ``JUSTNEWS_ADMISSION_LIMITS='{"max_schema_depth": 16}'`` in every process's environment.
 
 Why a JSON schema needs limits of its own: xgrammar's compile time grows steeply with nesting (a 10 KB schema
-200 objects deep compiles in 0.7 s on the tiny tokenizer, one ~700 deep took 32 s on the cluster), so size,
-depth, property and enum counts are bounded here, and ``EngineConfig.grammar_compile_timeout_s`` bounds what
-is left.
+200 objects deep compiles in 0.7 s on the tiny tokenizer, one nested ~700 JSON levels took 32 s on the
+cluster), so size, depth, property and enum counts are bounded here. They cannot bound everything: a
+22-character ``pattern`` with nested bounded repetition, ``^([a-z]{1,90}){1,101}$``, compiles for 15 s;
+``EngineConfig.grammar_compile_timeout_s`` and the compile pool (``deployments/engine/constraints.py``) bound
+what is left.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+import os
+from typing import Annotated, Any, Mapping
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from deployments.errors import LimitExceededError, RequestTooLargeError, SchemaTooLargeError
 
-__all__ = ["AdmissionLimits", "LIMITS", "SEED_MIN", "SEED_MAX", "bounded_int", "Seed", "MaxNewTokens", "ChoiceCount", "TopK", "check_json_schema", "schema_stats",
-           "check_stops", "check_prompt"]
+__all__ = ["AdmissionLimits", "LIMITS", "LIMITS_ENV", "SEED_MIN", "SEED_MAX", "load_limits", "bounded_int", "Seed",
+           "MaxNewTokens", "ChoiceCount", "TopK", "check_json_schema", "schema_stats", "check_stops", "check_prompt"]
+
+# JSON object of AdmissionLimits fields overriding the defaults, read once per process at import (set it for
+# every process of the cluster alike, e.g. in the runtime_env of serve_config.yaml).
+LIMITS_ENV = "JUSTNEWS_ADMISSION_LIMITS"
 
 # What torch.Generator.manual_seed accepts: int64's minimum (negatives are remapped) up to uint64's maximum.
 SEED_MIN = -(2**63)
@@ -55,8 +63,24 @@ class AdmissionLimits(BaseModel):
         200_000, ge=1, description="Longest prompt text or message content, in characters (413); token limits "
         "(EngineConfig.max_prompt_tokens) apply after this.")
 
+    @model_validator(mode="after")
+    def _seed_range(self) -> "AdmissionLimits":
+        if not SEED_MIN <= self.seed_min <= self.seed_max <= SEED_MAX:
+            raise ValueError(f"seed_min ({self.seed_min}) .. seed_max ({self.seed_max}) must lie within what the "
+                             f"sampler accepts, {SEED_MIN} .. {SEED_MAX}")
+        return self
 
-LIMITS = AdmissionLimits()
+
+def load_limits(environ: Mapping[str, str] = os.environ) -> AdmissionLimits:
+    """The defaults, overridden by the JSON object in ``$JUSTNEWS_ADMISSION_LIMITS`` when set.
+
+    Raises:
+        pydantic.ValidationError: the override names an unknown field or a bad value.
+    """
+    return AdmissionLimits.model_validate_json(environ.get(LIMITS_ENV) or "{}")
+
+
+LIMITS = load_limits()
 
 
 def bounded_int(field: str, lo: int | None, hi: int | None, limit_name: str) -> Any:

@@ -86,6 +86,17 @@ def test_limits_document_every_field_and_reject_bad_values():
     assert AdmissionLimits.model_validate_json(LIMITS.model_dump_json()) == LIMITS
     with pytest.raises(ValidationError):
         AdmissionLimits(max_schema_depth=0)
+    with pytest.raises(ValidationError, match="must lie within what the sampler accepts"):
+        AdmissionLimits(seed_max=2**64)
+
+
+def test_an_operator_overrides_limits_through_the_environment():
+    from deployments.limits import LIMITS_ENV, load_limits
+
+    assert load_limits({}) == AdmissionLimits()
+    assert load_limits({LIMITS_ENV: '{"max_schema_depth": 16}'}).max_schema_depth == 16
+    with pytest.raises(ValidationError, match="max_schema_dept"):
+        load_limits({LIMITS_ENV: '{"max_schema_dept": 16}'})  # a typo is refused, not ignored
 
 
 MSG = [{"role": "user", "content": "hi"}]
