@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, get_origin
 
 from annotated_types import MaxLen
 from pydantic import BaseModel
@@ -160,7 +160,7 @@ def largest_input(spec: AgentSpec) -> Any:
     lengths = {}
     for name, info in spec.input_model.model_fields.items():
         bound = next((m.max_length for m in info.metadata if isinstance(m, MaxLen)), None)
-        if bound is not None:
+        if bound is not None and get_origin(info.annotation) is list:
             lengths[name] = [None] * bound
     return SimpleNamespace(**lengths)
 

@@ -171,7 +171,7 @@ class AgentEntry(BaseModel):
     variant_preference: list[Variant] = Field(min_length=1, description="Acceptable load variants, best first.")
     allow_quantized: bool = Field(False, description="Whether bnb-int8 / bnb-4bit loads are acceptable.")
     fallback: list[FallbackStep] = Field(min_length=1, description="Steps tried in order until one answers.")
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="Default generation budget of a reply.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Generation budget of a reply: at least the agent's largest valid reply (agent_graph.budget), which the store check counts with the base's tokenizer.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Default sampling temperature; 0 is greedy.")
     review: ReviewRules | None = Field(None, description="When an answer goes to human review (hitl); None: never "
                                        "by rule (items can still be queued by hand).")

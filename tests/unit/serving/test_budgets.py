@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from agent_graph import generation_request, get_spec, load_agent_map
+from agent_graph import InvalidAgentInput, generation_request, get_spec, load_agent_map
 from agent_graph.budget import UnboundedSchema, agent_budget, schema_budget, text_tokens_per_char
 from deployments.engine import EngineConfig
 
@@ -71,7 +71,7 @@ def test_the_largest_input_is_what_the_api_accepts_and_one_more_item_is_refused(
     inp = _largest_inputs()[agent]
     field = "claims" if agent == "fact_checker" else "passages"
     assert len(getattr(inp, field)) == n
-    with pytest.raises(Exception, match=f"at most {n} items"):
+    with pytest.raises(InvalidAgentInput, match=f"{field}: List should have at most {n} items"):
         spec.load_input({**inp.model_dump(), field: [*getattr(inp, field), "one more"]})
     # The narrowed schema of the largest input is the one the budget counts.
     assert agent_budget(agent, _Tok(), inp).tokens == agent_budget(agent, _Tok()).tokens
