@@ -319,13 +319,14 @@ class AgentMap(BaseModel):
         except KeyError:
             raise UnknownAgent(name, list(self.agents)) from None
 
-    def store_problems(self, store: Any) -> list[MapProblem]:
+    def store_problems(self, store: Any, *, budgets: bool = True) -> list[MapProblem]:
         """Every ref that does not resolve in ``store`` (a ``modelstore.ModelStore``), and every mismatch.
 
         Checks that each ref resolves, is of the right kind, that adapters were validated against the
         entry's base version, that the base offers at least one acceptable variant, and that
         ``max_new_tokens`` holds the agent's largest valid reply counted with the base's own tokenizer
-        (``agent_graph.budget``; skipped when the base ships no loadable tokenizer, e.g. a dry-run store).
+        (``agent_graph.budget``; skipped when the base ships no loadable tokenizer, e.g. a dry-run store, or
+        when ``budgets`` is False).
         """
         problems: list[MapProblem] = []
         tokenizers: dict[str, Any] = {}
@@ -341,7 +342,7 @@ class AgentMap(BaseModel):
             base = resolved.get("base")
             if base is None:
                 continue
-            tokenizer = tokenizers.setdefault(str(base.ref), _base_tokenizer(base))
+            tokenizer = tokenizers.setdefault(str(base.ref), _base_tokenizer(base)) if budgets else None
             if tokenizer is not None and name in AGENTS:
                 from .budget import budget_problem
 
@@ -361,9 +362,9 @@ class AgentMap(BaseModel):
                                                f"{res.manifest.adapter.base_ref}, but the entry's base is {base.ref}"))
         return problems
 
-    def validate_against_store(self, store: Any) -> None:
+    def validate_against_store(self, store: Any, *, budgets: bool = True) -> None:
         """Raise :class:`AgentMapError` listing every problem of :meth:`store_problems`, if any."""
-        problems = self.store_problems(store)
+        problems = self.store_problems(store, budgets=budgets)
         if problems:
             raise AgentMapError(f"{MAP_FILE} against ModelStore {getattr(store, 'root', store)}", problems)
 

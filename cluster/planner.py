@@ -10,7 +10,9 @@ Pure logic, no Ray import. The rules, in order:
    one node's usable memory and asks for it in ``ray_actor_options["memory"]`` (bytes).
 2. **Sizing.** :func:`cluster.sizing.size_replica` picks the variant and the adapter slots.
 3. **Minimums first.** Every deployment's ``min_replicas`` is placed, largest replicas first, each on
-   the GPU/node it fits most tightly. If one does not fit, the plan is refused with the numbers.
+   the GPU/node it fits most tightly. If one does not fit, the plan is refused with the numbers. Then,
+   while they fit, each deployment gets up to ``policy.preferred_min_replicas`` (one at a time,
+   round-robin); those become its autoscaling ``min_replicas`` too.
 4. **max_replicas: fair share of what is left.** The spare capacity is handed out one replica at a time,
    round-robin over the deployments in the order given, until no further replica fits anywhere (or a
    demand's own max_replicas is reached). Hence *all deployments at their max_replicas fit at once*:
@@ -89,7 +91,8 @@ class DeploymentPlan(BaseModel):
     max_batch_size: int = Field(ge=1, description="Sequences decoded at once (user_config.max_batch_size).")
     max_ongoing_requests: int = Field(ge=1, description="Requests Serve sends one replica.")
     target_ongoing_requests: float = Field(gt=0, description="Autoscaling target per replica.")
-    min_replicas: int = Field(ge=0, description="Autoscaling minimum, as asked.")
+    min_replicas: int = Field(ge=0, description="Autoscaling minimum: as asked, raised to the policy's "
+                              "preferred_min_replicas where they fit.")
     max_replicas: int = Field(ge=1, description="Autoscaling maximum, what the inventory holds.")
     upscale_delay_s: float | None = Field(default=None, description="Autoscaling upscale delay, if set.")
     downscale_delay_s: float | None = Field(default=None, description="Autoscaling downscale delay, if set.")
@@ -258,6 +261,20 @@ def plan(inventory: Inventory, demands: Sequence[DeploymentDemand], policy: Plac
             raise _refuse_minimums(inventory, demands, sizes, units, packer, placed, (name, i))
 
     counts = {d.name: d.min_replicas for d in demands}
+    # Soft minimums (policy.preferred_min_replicas): one replica at a time, round-robin, while they fit.
+    # A deployment that may scale to zero (min_replicas 0) keeps that choice.
+    wanted = {d.name: min(max(d.min_replicas, policy.preferred_min_replicas), d.max_replicas or 10**9)
+              if d.min_replicas else 0 for d in demands}
+    pending = [d for d in demands if counts[d.name] < wanted[d.name]]
+    while pending:
+        still = []
+        for d in pending:
+            if packer.place(d.name, counts[d.name], units[d.name], mem[d.name], millicpus, is_minimum=True):
+                counts[d.name] += 1
+                if counts[d.name] < wanted[d.name]:
+                    still.append(d)
+        pending = still
+    floors = dict(counts)
     active = [d for d in demands if d.max_replicas is None or counts[d.name] < d.max_replicas]
     while active:
         still = []
@@ -291,7 +308,7 @@ def plan(inventory: Inventory, demands: Sequence[DeploymentDemand], policy: Plac
             max_num_models_per_replica=s.max_num_models_per_replica, models_reason=s.models_reason,
             max_batch_size=policy.max_concurrent_sequences,
             max_ongoing_requests=max(policy.effective_max_ongoing, math.ceil(target)),
-            target_ongoing_requests=target, min_replicas=d.min_replicas, max_replicas=counts[d.name],
+            target_ongoing_requests=target, min_replicas=floors[d.name], max_replicas=counts[d.name],
             upscale_delay_s=policy.upscale_delay_s, downscale_delay_s=policy.downscale_delay_s,
             look_back_period_s=policy.look_back_period_s, reserved_mb=tuple(reserved[d.name]),
             memory_autoscaling=policy.memory_autoscaling, headroom_mb=policy.headroom_mb,

@@ -68,6 +68,12 @@ class PlacementPolicy(BaseModel):
         "time-slicing of its compute; None lets memory decide."
     )
     num_cpus_per_replica: float = Field(default=1.0, ge=0, description="num_cpus of every replica.")
+    preferred_min_replicas: int = Field(
+        default=1, ge=1, description="Replicas each deployment keeps running when memory (and CPUs) allow, beyond "
+        "its hard min_replicas: with two, a request whose replica dies is retried on the other at once instead "
+        "of waiting for a replacement to load. Placed after every hard minimum; what fits becomes the "
+        "autoscaling min_replicas."
+    )
     upscale_delay_s: float | None = Field(default=None, ge=0, description="autoscaling_config.upscale_delay_s.")
     downscale_delay_s: float | None = Field(default=None, ge=0, description="autoscaling_config.downscale_delay_s.")
     look_back_period_s: float | None = Field(default=None, gt=0, description="autoscaling_config.look_back_period_s.")

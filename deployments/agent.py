@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve import Application
 
 from agent_graph import load_agent_map
-from deployments.agent_server import AgentServer
+from deployments.agent_server import DEFAULT_DEADLINE_S, AgentServer
 from deployments.pool_router import PoolRouter
 
 __all__ = ["AgentDeploymentSettings", "AgentDeployment", "build_agent", "deployment_name"]
@@ -30,6 +30,8 @@ class AgentDeploymentSettings(BaseModel):
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one agent replica works on at once.")
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0},
                                               description="Ray actor options per replica.")
+    deadline_s: float = Field(DEFAULT_DEADLINE_S, gt=0, le=600, description="Seconds a request may spend on model "
+                              "steps (adapter, bare base); then the legacy step answers it.")
 
 
 def deployment_name(agent: str) -> str:
@@ -49,7 +51,7 @@ class AgentDeployment:
     """
 
     def __init__(self, agent: str, map_path: str | None, strict: bool, llm: dict[str, Any] | None = None,
-                 embeddings: Any = None, store_root: str | None = None):
+                 embeddings: Any = None, store_root: str | None = None, deadline_s: float = DEFAULT_DEADLINE_S):
         from modelstore import ModelStore
         from rollout import CanaryRouter
 
@@ -65,7 +67,11 @@ class AgentDeployment:
                                    llm=self._pools,
                                    embed=self._embed if embeddings is not None else None,
                                    pin=lambda ref: str(store.pin(ref)),
-                                   canary=CanaryRouter(store.root, f"{agent}-{replica}"))
+                                   canary=CanaryRouter(store.root, f"{agent}-{replica}"), deadline_s=deadline_s)
+        from deployments.hitl_metrics import HitlMetrics, review_hook
+
+        # The map's review rules queue doubtful answers for editors, off the request path (hitl).
+        self._review = review_hook(agent, self._server.entry, store_root=str(store.root), metrics=HitlMetrics())
 
     @staticmethod
     def _caller(handle: Any):
@@ -78,13 +84,18 @@ class AgentDeployment:
 
     async def answer(self, body: dict[str, Any], strict: bool = False) -> dict[str, Any]:
         """Answer one request; returns an :class:`~deployments.agent_server.AgentResponse` as a dict."""
-        return (await self._server.answer(body, strict=strict)).model_dump(mode="json")
+        reply = (await self._server.answer(body, strict=strict)).model_dump(mode="json")
+        if self._review is not None:
+            self._review.offer(body, reply)  # never blocks nor raises
+        return reply
 
     async def stats(self) -> dict[str, Any]:
         """Request, fallback and failed-step totals (the same numbers as the ``justnews_agent_*`` metrics)."""
         stats = self._server.stats()
         if self._pools is not None:
             stats["pools"] = self._pools.stats()
+        if self._review is not None:
+            stats["review"] = self._review.stats()
         return stats
 
     def __del__(self) -> None:
@@ -112,4 +123,4 @@ def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False
     deployment = serve.deployment(
         AgentDeployment, name=deployment_name(agent), num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests, ray_actor_options=settings.ray_actor_options)
-    return deployment.bind(agent, map_path, strict, llm, embeddings, store_root)
+    return deployment.bind(agent, map_path, strict, llm, embeddings, store_root, settings.deadline_s)

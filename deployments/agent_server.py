@@ -24,12 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_graph import (AgentMap, AgentSpec, ContractError, Route, generation_request, get_spec, routes,
                          run_heuristic)
 from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, ServeError
-from rollout.router import CanaryRouter, Choice
+from rollout.router import CanaryRouter, Choice, pin_and_choose
 
-__all__ = ["AgentFailure", "AgentUsage", "AgentResponse", "AgentUnavailableError", "FallbackExhaustedError",
+__all__ = ["DEFAULT_DEADLINE_S", "DeadlineExceededError", "AgentFailure", "AgentUsage", "AgentResponse", "AgentUnavailableError", "FallbackExhaustedError",
            "AgentMetrics", "AgentServer", "LLMCall", "EmbedCall", "is_caller_error"]
 
 log = logging.getLogger(__name__)
+
+# Seconds an agent request may spend on model steps before the legacy step answers it.
+DEFAULT_DEADLINE_S = 30.0
 
 # (multiplexed model id, GenerateRequest body) -> GenerateResponse dict
 LLMCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -49,6 +52,10 @@ class FallbackExhaustedError(ServeError):
 
     status_code = 502
     error_type = "fallback_exhausted"
+
+
+class DeadlineExceededError(TimeoutError):
+    """A model step did not answer within what was left of the agent's deadline (the next step is tried)."""
 
 
 class AgentFailure(BaseModel):
@@ -159,7 +166,11 @@ class AgentServer:
 
     def __init__(self, name: str, agent_map: AgentMap, *, llm: LLMCall | None = None, embed: EmbedCall | None = None,
                  strict: bool = False, metrics: AgentMetrics | None = None,
-                 pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None):
+                 pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None,
+                 deadline_s: float = DEFAULT_DEADLINE_S):
+        if deadline_s <= 0:
+            raise ValueError(f"deadline_s ({deadline_s}) must be > 0")
+        self.deadline_s = deadline_s
         self.name = name
         self.map = agent_map
         self.entry = agent_map.entry(name)
@@ -205,9 +216,10 @@ class AgentServer:
             chain = chain[:1]
         usage = AgentUsage()
         failures: list[AgentFailure] = []
+        deadline = started + self.deadline_s
         for route in chain:
             try:
-                output, answered_by, pool = await self._run(route, inp, usage)
+                output, answered_by, pool = await self._bounded(route, inp, usage, deadline)
             except Exception as exc:  # noqa: BLE001 - any failure of a step means: try the next one
                 if is_caller_error(exc):
                     self.metrics.done(self.name, getattr(exc, "error_type", "overloaded"), route.step,
@@ -231,6 +243,25 @@ class AgentServer:
         self.metrics.done(self.name, "exhausted", "none", seconds)
         raise FallbackExhaustedError(f"agent {self.name!r}: every fallback step failed ({tried})")
 
+    async def _bounded(self, route: Route, inp: BaseModel, usage: AgentUsage,
+                       deadline: float) -> tuple[BaseModel, str, str | None]:
+        """Run a step within what is left of the request's deadline. The legacy step is local and quick, so it
+        always runs: a request whose model steps used up the deadline is still answered."""
+        if route.step == "legacy":
+            return await self._run(route, inp, usage)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError(f"the agent's {self.deadline_s:g}s deadline passed before this step")
+        budget = asyncio.timeout(left)  # in this task, unlike wait_for: the step pins its version at once
+        try:
+            async with budget:
+                return await self._run(route, inp, usage)
+        except TimeoutError:
+            if not budget.expired():  # a timeout of the step's own, not the deadline
+                raise
+            raise DeadlineExceededError(f"no answer within the {left:.1f}s left of the agent's "
+                                        f"{self.deadline_s:g}s deadline") from None
+
     async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage) -> tuple[BaseModel, str, str | None]:
         if route.step == "legacy":
             if not route.model_id.startswith("heuristic:"):
@@ -241,11 +272,9 @@ class AgentServer:
             reply = await self._embed(inp.model_dump(mode="json"))
             return self.spec.validate_output(reply, inp), route.model_id, None
         body = generation_request(self.spec, inp, self.entry)
-        model_id = route.multiplexed_model_id
-        if model_id and self._pin is not None:
-            model_id = self._pin(model_id)  # a failure here (ref gone from the store) is a failed step
-        choice = self._canary.choose(model_id) if self._canary is not None and route.step == "adapter" \
-            else Choice(model_id)
+        # A failure to pin (ref gone from the store) is a failed step. Chat completions route through the same call.
+        choice = pin_and_choose(route.multiplexed_model_id, self._pin,
+                                self._canary if route.step == "adapter" else None)
         if choice.mirror_model_id is not None:
             task = asyncio.get_running_loop().create_task(self._mirror(choice, body, inp))
             self._shadows.add(task)

@@ -58,6 +58,9 @@ class AppSettings(BaseModel):
     store_root: str | None = Field(None, description="ModelStore root; None: $MODEL_STORE_ROOT or the default.")
     map_path: str | None = Field(None, description="AGENT_MODEL_MAP.json; None: the one shipped in agent_graph.")
     strict: bool = Field(False, description="No agent falls back: a failed adapter is a clear 503 instead.")
+    check_budgets: bool = Field(True, description="Refuse a map whose max_new_tokens cannot hold an agent's largest "
+                                "valid reply (agent_graph.budget). False starts it anyway: such replies truncate "
+                                "and take the fallback chain (fault drills, tests).")
     inventory: str = Field("auto", min_length=1, description="'auto' (discover the Ray cluster), 'none' (no "
                            "planning), or an inventory file / bundled name used to plan the base pools. Ignored "
                            "when 'placement' is given.")
@@ -169,7 +172,7 @@ def _check_store(settings: AppSettings):
         raise AppBuildError(f"ModelStore root {root} does not exist; {hint}")
     try:
         agent_map = load_agent_map(settings.map_path)
-        agent_map.validate_against_store(store)
+        agent_map.validate_against_store(store, budgets=settings.check_budgets)
     except AgentMapError as exc:
         raise AppBuildError(f"the agent map and the ModelStore at {root} disagree; {hint}, or fix the map:\n{exc}") \
             from None
@@ -214,4 +217,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     canary = build_canary_controller(str(store.root), settings.canary)
     return build_ingress(settings.ingress, map_path=settings.map_path, store_root=str(store.root), pools=pools,
                          routes={a: list(r) for a, r in placement.routes.items()}, agents=agents,
-                         embedding_model=EMBEDDING_MODEL if embeddings is not None else None, canary=canary)
+                         embedding_model=EMBEDDING_MODEL if embeddings is not None else None, canary=canary,
+                         embeddings=embeddings)

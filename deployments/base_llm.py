@@ -227,6 +227,7 @@ def build_base_llm(settings: BaseLLMSettings | dict[str, Any]) -> Application:
         user_config=settings.runtime.model_dump(),
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
         health_check_period_s=settings.health_check_period_s,
+        health_check_timeout_s=settings.health_check_timeout_s,
     )
     return deployment.bind(settings.model_dump(mode="json"))
 

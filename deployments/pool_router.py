@@ -41,16 +41,25 @@ def is_pool_unavailable(exc: BaseException) -> bool:
 class PoolRouter:
     """Call the pools of one route in order, moving on only when a pool is unavailable.
 
+    A dead replica fails its in-flight requests at once (Ray's ``ActorDiedError``) while Serve's router
+    still knows the pool's other replicas, so an unavailable answer is first retried on the same pool
+    (``retries_per_pool`` times: another replica takes it) and only then on the next pool of the route.
+
     Args:
         route: ``(pool name, call)`` pairs, own pool first.
+        retries_per_pool: extra attempts on a pool that answered "unavailable" before moving on.
     """
 
-    def __init__(self, route: Sequence[tuple[str, PoolCall]]):
+    def __init__(self, route: Sequence[tuple[str, PoolCall]], retries_per_pool: int = 1):
         if not route:
             raise ValueError("a pool route needs at least one pool")
+        if retries_per_pool < 0:
+            raise ValueError(f"retries_per_pool ({retries_per_pool}) must be >= 0")
         self.route = list(route)
+        self.retries_per_pool = retries_per_pool
         self.answered: Counter[str] = Counter()
         self.unavailable: Counter[str] = Counter()
+        self.retried: Counter[str] = Counter()
 
     @property
     def pools(self) -> list[str]:
@@ -65,21 +74,26 @@ class PoolRouter:
             Exception: whatever the answering pool raised, when it is not unavailability.
         """
         why = []
-        for name, call in self.route:
-            try:
-                reply = await call(model_id, body)
-            except Exception as exc:
-                if not is_pool_unavailable(exc):
-                    raise
-                self.unavailable[name] += 1
-                why.append(f"{name}: {type(exc).__name__}")
-                log.warning("pool %s unavailable (%s); %s", name, type(exc).__name__,
-                            "trying the next pool of the route" if len(why) < len(self.route) else "none left")
-                continue
-            self.answered[name] += 1
-            return {**reply, "pool": name}
+        for position, (name, call) in enumerate(self.route):
+            for attempt in range(self.retries_per_pool + 1):
+                try:
+                    reply = await call(model_id, body)
+                except Exception as exc:
+                    if not is_pool_unavailable(exc):
+                        raise
+                    last = position == len(self.route) - 1 and attempt == self.retries_per_pool
+                    self.unavailable[name] += 1
+                    why.append(f"{name}: {type(exc).__name__}")
+                    log.warning("pool %s unavailable (%s); %s", name, type(exc).__name__, "none left" if last else
+                                "retrying it" if attempt < self.retries_per_pool else "trying the next pool")
+                    if attempt < self.retries_per_pool:
+                        self.retried[name] += 1
+                    continue
+                self.answered[name] += 1
+                return {**reply, "pool": name}
         raise PoolUnavailableError(f"no pool of the route {self.pools} is available ({'; '.join(why)})")
 
     def stats(self) -> dict[str, Any]:
         """The route and, per pool, calls answered and times found unavailable."""
-        return {"route": self.pools, "answered": dict(self.answered), "unavailable": dict(self.unavailable)}
+        return {"route": self.pools, "answered": dict(self.answered), "unavailable": dict(self.unavailable),
+                "retried": dict(self.retried)}

@@ -94,7 +94,10 @@ class BaseLLMSettings(BaseModel):
     graceful_shutdown_timeout_s: float = Field(
         30.0, gt=0, description="How long a stopping replica may spend finishing queued requests."
     )
-    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between Serve's check_health calls.")
+    health_check_period_s: float = Field(2.0, gt=0, description="Seconds between Serve's check_health calls: a "
+                                         "dead or hung replica is replaced (and /healthz degraded) this soon.")
+    health_check_timeout_s: float = Field(10.0, gt=0, description="A check_health call that takes longer marks "
+                                          "the replica unhealthy.")
     engine: EngineConfig = Field(
         default_factory=EngineConfig, description="Hard limits of the inference engine (fixed per replica)."
     )

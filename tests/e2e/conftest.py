@@ -2,8 +2,8 @@
 
 The config is what ``justnews plan --emit-serve-config`` writes for this machine (a CPU inventory) over a
 temporary seeded store and a copy of the agent map whose synthesizer routes its ``summary`` task to a
-corrupt adapter (the fallback tests); the test then sets a free port, one replica per base pool and a small
-in-flight limit (the overload test). The placement itself is applied unchanged.
+corrupt adapter (the fallback tests): two base pools of two replicas each; the test then sets a free port,
+the embeddings' CPU share and a small in-flight limit (the overload test). The placement is applied unchanged.
 ``RAY_ADDRESS=local`` makes ``serve run`` start its own Ray cluster, so a cluster another process runs
 on this machine is never joined; the bearer token comes from the environment, as in production.
 """
@@ -33,7 +33,8 @@ TOKEN = "e2e-secret-token"
 MAX_IN_FLIGHT = 12
 BROKEN_ADAPTER = "synthesizer/mistral_broken_v1@v1"
 TRUNCATED_TOKENS = 12
-STARTUP_TIMEOUT_S = 240
+STARTUP_TIMEOUT_S = 300
+POOL_REPLICAS = 2
 
 
 @dataclass
@@ -101,14 +102,19 @@ def _write_config(path: Path, port: int, store_root: Path, map_path: Path) -> No
 
     inventory = path.with_name("inventory.yaml")
     inventory.write_text(yaml.safe_dump(E2E_INVENTORY))
-    # Half a CPU per pool replica: two pools and the embeddings deployment must fit 2 cores.
+    # Two replicas per pool where they fit (a dead replica's requests retry on the other): at half a CPU each,
+    # the plan holds exactly 2 + 2 on the 2 cores (min = max = 2, so nothing scales mid-test).
     assert justnews(["plan", "--inventory", str(inventory), "--store-root", str(store_root), "--map", str(map_path),
-                     "--set", "num_cpus_per_replica=0.5", "--emit-serve-config", str(path)]) == 0
+                     "--set", "num_cpus_per_replica=0.5", "--set", "preferred_min_replicas=2",
+                     "--emit-serve-config", str(path)]) == 0
     config = yaml.safe_load(path.read_text())
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
-    args["llm"] = {"num_replicas": 1}  # one replica per pool (the plan's autoscaling would start with one too)
+    assert {n: p["serve_options"]["autoscaling_config"]["min_replicas"]
+            for n, p in args["placement"]["pools"].items()} == {"BaseLLM-fp32": POOL_REPLICAS, "BaseLLM-bnb-int8": POOL_REPLICAS}
+    args["embeddings"] = {"ray_actor_options": {"num_cpus": 0}}  # the pools hold both logical CPUs
     args["ingress"] = {"max_in_flight": MAX_IN_FLIGHT}
+    args["check_budgets"] = False  # reasoning's budget is cut on purpose (TRUNCATED_TOKENS)
     args["canary"] = {"interval_s": 1}  # the gate ticks every second (the rollout tests use short windows)
     path.write_text(yaml.safe_dump(config))
 

@@ -38,7 +38,10 @@ def check_plan(p: Plan, inventory, demands) -> None:
     for d, want in zip(p.deployments, demands):
         mine = [pl for pl in p.placements if pl.deployment == d.name]
         assert len(mine) == d.max_replicas >= max(1, want.min_replicas)
-        assert sum(pl.minimum for pl in mine) == want.min_replicas
+        # Hard minimums always; soft ones (preferred_min_replicas) where they fit, never for scale-to-zero.
+        assert sum(pl.minimum for pl in mine) == d.min_replicas >= want.min_replicas
+        soft = min(policy.preferred_min_replicas, want.max_replicas or 10**9) if want.min_replicas else 0
+        assert d.min_replicas <= max(want.min_replicas, soft)
         assert want.max_replicas is None or d.max_replicas <= want.max_replicas
         assert d.memory.total_mb == d.memory_budget_mb == mine[0].memory_mb
     # max_replicas is maximal: no deployment below its cap could get one more replica anywhere
@@ -201,7 +204,8 @@ INVENTORIES = [
     load_inventory("cpu-only"),
 ]
 POLICIES = [PlacementPolicy(), PlacementPolicy(headroom_mb=2048, max_concurrent_sequences=4),
-            PlacementPolicy(allow_quantized=True, max_num_models_per_replica=2, max_replicas_per_gpu=3)]
+            PlacementPolicy(allow_quantized=True, max_num_models_per_replica=2, max_replicas_per_gpu=3),
+            PlacementPolicy(preferred_min_replicas=2, max_concurrent_sequences=4)]
 MIXES = [
     [demand("A")],
     [demand("A", allow_quantized=True, min_replicas=2), demand("B", base=TINY, min_replicas=0)],

@@ -102,3 +102,14 @@ def test_when_the_preferred_pools_do_not_fit_together_every_agent_shares_one_the
     only_int8 = {"analyst": (("bnb-int8",), True), "critic": (FULL, False)}  # no variant both accept
     with pytest.raises(Exception, match="cannot hold every min_replicas"):
         plan_pools(needs(only_int8), mistral_base(), gpu_inventory((20000,)))
+
+
+def test_two_replicas_per_pool_when_memory_allows_and_one_where_it_does_not():
+    from cluster import PlacementPolicy
+
+    policy = PlacementPolicy(preferred_min_replicas=2)
+    _, a100 = plan_pools(needs(), mistral_base(), load_inventory("a100-80gb-1gpu"), policy)
+    assert {d.name: (d.min_replicas, d.max_replicas) for d in a100.deployments} == {
+        "BaseLLM-bf16": (2, 3), "BaseLLM-bnb-int8": (2, 2)}  # 2 x 17,845 + 2 x 10,555 fit 77,824; one more bf16
+    _, rtx = plan_pools(needs(), mistral_base(), load_inventory("rtx3090-1gpu"), policy)
+    assert [(d.name, d.min_replicas, d.max_replicas) for d in rtx.deployments] == [("BaseLLM-bf16", 1, 1)]

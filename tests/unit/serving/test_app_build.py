@@ -117,3 +117,19 @@ def test_bad_settings_name_the_value_and_the_limit(seeded_store_root):
     with pytest.raises(AppBuildError, match=r"max_batch_size \(64\) must be <= engine.max_batch_size \(32\)"):
         build_app({"store_root": str(seeded_store_root), "inventory": "none", "llm.runtime.max_batch_size": 64,
                    "llm.max_ongoing_requests": 64})
+
+
+def test_a_budget_below_the_largest_reply_is_refused_unless_the_operator_says_so(seeded_store_root, tmp_path):
+    import json
+
+    from agent_graph import default_map_path
+    from agent_graph.schema import RECOMMENDED_FILE
+
+    data = json.loads(default_map_path().read_text())
+    data["agents"]["reasoning"]["max_new_tokens"] = 12
+    (tmp_path / "AGENT_MODEL_MAP.json").write_text(json.dumps(data))
+    shutil.copy(default_map_path().with_name(RECOMMENDED_FILE), tmp_path / RECOMMENDED_FILE)
+    args = {"store_root": str(seeded_store_root), "inventory": "none", "map_path": str(tmp_path / "AGENT_MODEL_MAP.json")}
+    with pytest.raises(AppBuildError, match=r"agent 'reasoning', field 'max_new_tokens': max_new_tokens \(12\) is below"):
+        build_app(args)
+    assert build_app({**args, "check_budgets": False}) is not None

@@ -55,13 +55,15 @@ def test_the_next_pool_answers_only_when_the_first_is_unavailable():
     router = PoolRouter([("BaseLLM-fp32", _pool("BaseLLM-fp32", dead=True, calls=calls)),
                          ("BaseLLM-bnb-int8", _pool("BaseLLM-bnb-int8", calls=calls))])
     reply = asyncio.run(router("synthesizer/x@v1", {"agent": "synthesizer"}))
-    assert reply["pool"] == "BaseLLM-bnb-int8" and [c[0] for c in calls] == ["BaseLLM-fp32", "BaseLLM-bnb-int8"]
+    # the dead pool is tried twice (another replica could have taken it), then the next pool answers
+    assert reply["pool"] == "BaseLLM-bnb-int8"
+    assert [c[0] for c in calls] == ["BaseLLM-fp32", "BaseLLM-fp32", "BaseLLM-bnb-int8"]
     assert router.stats() == {"route": ["BaseLLM-fp32", "BaseLLM-bnb-int8"], "answered": {"BaseLLM-bnb-int8": 1},
-                              "unavailable": {"BaseLLM-fp32": 1}}
+                              "unavailable": {"BaseLLM-fp32": 2}, "retried": {"BaseLLM-fp32": 1}}
     failing = PoolRouter([("A", _pool("A", error=AdapterLoadFailedError("corrupt"))), ("B", _pool("B"))])
     with pytest.raises(AdapterLoadFailedError):  # another pool would not fix a bad adapter
         asyncio.run(failing("synthesizer/x@v1", {"agent": "synthesizer"}))
-    with pytest.raises(PoolUnavailableError, match=r"no pool of the route \['A'\] is available \(A: ActorDiedError\)"):
+    with pytest.raises(PoolUnavailableError, match=r"no pool of the route \['A'\] is available \(A: ActorDiedError; A: "):
         asyncio.run(PoolRouter([("A", _pool("A", dead=True))])("", {"agent": "critic"}))
 
 
@@ -101,3 +103,32 @@ def test_with_the_full_precision_pool_dead_never_quantized_agents_fall_back_and_
             assert (reply.step, reply.pool, reply.fallback) == ("legacy", None, True)
             assert [f.route.split(":")[0] for f in reply.failures] == ["adapter", "base"]
             assert all("PoolUnavailableError" in f.reason for f in reply.failures)
+
+
+def test_a_dead_replica_is_retried_on_the_same_pool_before_the_next():
+    attempts: list = []
+
+    async def one_dead_replica(model_id: str, body: dict) -> dict:
+        attempts.append(model_id)
+        if len(attempts) == 1:  # the in-flight request on the replica that died
+            raise ActorDiedError()
+        return {"text": "{}", "finish_reason": "stop"}
+
+    router = PoolRouter([("BaseLLM-fp32", one_dead_replica), ("BaseLLM-bnb-int8", _pool("BaseLLM-bnb-int8"))])
+    reply = asyncio.run(router("critic/x@v1", {"agent": "critic"}))
+    assert reply["pool"] == "BaseLLM-fp32" and len(attempts) == 2
+    assert router.stats()["retried"] == {"BaseLLM-fp32": 1}
+
+
+def test_a_hung_pool_costs_the_deadline_then_the_legacy_step_answers():
+    async def hung(model_id: str, body: dict) -> dict:
+        await asyncio.sleep(3600)
+
+    server = AgentServer("critic", load_agent_map(), llm=hung, deadline_s=0.2)
+    reply = asyncio.run(server.answer(get_spec("critic").example))
+    assert (reply.step, reply.fallback) == ("legacy", True)
+    assert [f.route.split(":")[0] for f in reply.failures] == ["adapter", "base"]
+    assert "DeadlineExceededError" in reply.failures[0].reason and "0.2s deadline" in reply.failures[0].reason
+    assert "passed before this step" in reply.failures[1].reason  # the adapter step used it all
+    with pytest.raises(ValueError, match=r"deadline_s \(0\) must be > 0"):
+        AgentServer("critic", load_agent_map(), llm=hung, deadline_s=0)

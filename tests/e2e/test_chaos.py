@@ -1,0 +1,139 @@
+"""Chaos: a base pool replica killed under a bounded load of 8 callers (``ray.kill`` from another process).
+
+The fp32 pool runs two replicas (the planner's ``preferred_min_replicas``). Requests in flight on the killed
+replica fail at once with ``ActorDiedError``; each agent's PoolRouter retries them on the pool's other
+replica, so callers see no error. ``/healthz`` turns degraded when Serve marks the deployment unhealthy and
+ok again once the replacement replica has loaded its base and passed its health check. The figures
+(latencies, time to degraded and back) are printed and written as JSON for bench/RESULTS.md; only
+outcomes are asserted, never times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from agent_graph import get_spec
+
+from .conftest import TOKEN
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CALLERS = 8
+AGENTS = ("critic", "fact_checker")   # never quantized: their route is the fp32 pool alone
+POOL = "BaseLLM-fp32"
+KILL_AFTER_S = 6.0
+LOAD_S = 30.0
+
+KILL_SCRIPT = """
+import sys, ray
+from ray.util import get_node_ip_address
+ray.init(address=f"{get_node_ip_address()}:{sys.argv[1]}", namespace="serve", log_to_driver=False)
+names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("SERVE_REPLICA::") and "#" + sys.argv[2] + "#" in a["name"])
+assert len(names) >= 2, names
+ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+print(names[0])
+"""
+
+
+def _kill_one_replica(cluster) -> str:
+    [port_file] = cluster.ray_tmp.glob("ray/session_latest/gcs_server_port_*")  # the cluster serve run started
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_TMPDIR": str(cluster.ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, port_file.read_text().strip(), POOL], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+async def _load(cluster, stop_at: float, log: list) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    bodies = {a: get_spec(a).example.model_dump(mode="json") for a in AGENTS}
+    async with httpx.AsyncClient(base_url=cluster.url, headers=headers, timeout=120) as client:
+        async def caller(i: int) -> None:
+            n = 0
+            while time.monotonic() < stop_at:
+                agent = AGENTS[(i + n) % len(AGENTS)]
+                n += 1
+                started = time.monotonic()
+                try:
+                    reply = await client.post(f"/agents/{agent}", json=bodies[agent])
+                    body = reply.json() if reply.status_code == 200 else {}
+                    log.append((started, time.monotonic() - started, reply.status_code, body.get("step"),
+                                body.get("pool")))
+                except httpx.HTTPError as exc:
+                    log.append((started, time.monotonic() - started, type(exc).__name__, None, None))
+
+        await asyncio.gather(*(caller(i) for i in range(CALLERS)))
+
+
+async def _health(cluster, stop_at: float, log: list) -> None:
+    async with httpx.AsyncClient(base_url=cluster.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                 timeout=30) as client:
+        while time.monotonic() < stop_at:
+            try:
+                status = (await client.get("/healthz")).json().get("status")
+            except (httpx.HTTPError, ValueError):
+                status = "unreachable"
+            log.append((time.monotonic(), status))
+            await asyncio.sleep(0.25)
+
+
+def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(cluster, tmp_path):
+    requests: list = []
+    health: list = []
+
+    async def scenario() -> tuple[float, str]:
+        start = time.monotonic()
+        load = asyncio.create_task(_load(cluster, start + LOAD_S, requests))
+        watch = asyncio.create_task(_health(cluster, start + LOAD_S + 240, health))
+        await asyncio.sleep(KILL_AFTER_S)
+        killed_at = time.monotonic()
+        victim = await asyncio.to_thread(_kill_one_replica, cluster)
+        await load
+        # keep watching until health is ok again after having been degraded (or the watch ends)
+        while not watch.done():
+            after = [s for t, s in health if t > killed_at]
+            if "degraded" in after and after[-1] == "ok":
+                watch.cancel()
+                break
+            await asyncio.sleep(0.5)
+        return killed_at, victim
+
+    killed_at, victim = asyncio.run(scenario())
+    failed = [r for r in requests if r[2] != 200]
+    after_kill = [r for r in requests if r[0] >= killed_at - 1]
+    statuses_after = [(t - killed_at, s) for t, s in health if t > killed_at]
+    degraded = [t for t, s in statuses_after if s != "ok"]
+    recovered = [t for t, s in statuses_after if s == "ok" and degraded and t > degraded[0]]
+    with cluster.client() as client:
+        stats = client.get("/stats").json()
+    retried = sum(stats["agents"][a]["pools"]["retried"].get(POOL, 0) for a in AGENTS)
+    figures = {
+        "victim": victim, "requests": len(requests), "failed": len(failed),
+        "fallback_to_legacy": sum(1 for r in requests if r[3] == "legacy"), "retried_on_same_pool": retried,
+        "max_latency_s_after_kill": round(max((r[1] for r in after_kill), default=0), 2),
+        "p50_latency_s_before_kill": round(sorted(r[1] for r in requests if r[0] < killed_at)[
+            len([r for r in requests if r[0] < killed_at]) // 2], 2),
+        "health_degraded_after_s": round(degraded[0], 2) if degraded else None,
+        "health_ok_again_after_s": round(recovered[0], 2) if recovered else None,
+    }
+    (tmp_path / "chaos.json").write_text(json.dumps(figures, indent=2))
+    print(f"\nchaos figures: {json.dumps(figures)}")
+
+    assert len(requests) > 2 * CALLERS and after_kill
+    assert len(failed) <= 0.01 * len(requests), failed[:5]
+    assert all(r[4] in (POOL, None) for r in requests)  # never-quantized agents: never the int8 pool
+    assert degraded, f"/healthz never left ok after the kill: {statuses_after[:20]}"
+    assert recovered, f"/healthz did not come back to ok: {statuses_after[-20:]}"
+    with cluster.client() as client:  # and requests succeed on the recovered pool
+        reply = client.post(f"/agents/{AGENTS[0]}", json=get_spec(AGENTS[0]).example.model_dump(mode="json"))
+    assert reply.status_code == 200 and reply.json()["pool"] == POOL
