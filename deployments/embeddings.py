@@ -48,6 +48,9 @@ class EmbedRequest(BaseModel):
 
     texts: list[str] = Field(min_length=1, description="Texts to embed, in order.")
     normalize: bool = Field(True, description="L2-normalise vectors so a dot product is the cosine similarity.")
+    dimensions: int | None = Field(None, description="Vector length the caller expects; the model's own length is "
+                                   "the only one served (400 for any other).")
+    count_tokens: bool = Field(False, description="Also return how many tokens the model read (for usage).")
 
 
 class EmbedResponse(BaseModel):
@@ -56,6 +59,7 @@ class EmbedResponse(BaseModel):
     model: str = Field(description="Model that produced the vectors.")
     dimensions: int = Field(description="Length of each vector.")
     vectors: list[list[float]] = Field(description="Embeddings, one per input text.")
+    tokens: int | None = Field(None, description="Tokens the model read, after truncation (when count_tokens).")
 
 
 class EmbeddingServer:
@@ -82,20 +86,32 @@ class EmbeddingServer:
                                       f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from exc
         if len(req.texts) > self.settings.max_texts:
             raise RequestTooLargeError(f"{len(req.texts)} texts exceed max_texts ({self.settings.max_texts})")
-        longest = max(len(t) for t in req.texts)
-        if longest > self.settings.max_chars:
-            raise RequestTooLargeError(f"a text of {longest} characters exceeds max_chars ({self.settings.max_chars})")
+        longest = max(range(len(req.texts)), key=lambda i: len(req.texts[i]))
+        if len(req.texts[longest]) > self.settings.max_chars:
+            raise RequestTooLargeError(f"text {longest} has {len(req.texts[longest])} characters, more than "
+                                       f"max_chars ({self.settings.max_chars})")
+        if req.dimensions is not None and req.dimensions != self.dimensions:
+            raise InvalidRequestError(f"dimensions ({req.dimensions}) is not supported: {self.model_name} returns "
+                                      f"vectors of {self.dimensions} values only (omit dimensions or pass "
+                                      f"{self.dimensions})")
         return req
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the model reads for ``texts`` (special tokens included, each cut at the model's max_seq_length)."""
+        encoded = self._model.tokenize(texts)
+        return int(encoded["attention_mask"].sum())
 
     def embed_sync(self, body: dict | EmbedRequest) -> EmbedResponse:
         req = self.validate(body)
         with self._lock:
             vectors = self._model.encode(req.texts, normalize_embeddings=req.normalize, convert_to_numpy=True)
-        return EmbedResponse(model=self.model_name, dimensions=int(vectors.shape[1]), vectors=vectors.tolist())
+            tokens = self.count_tokens(req.texts) if req.count_tokens else None
+        return EmbedResponse(model=self.model_name, dimensions=int(vectors.shape[1]), vectors=vectors.tolist(),
+                             tokens=tokens)
 
     async def embed(self, body: dict | EmbedRequest) -> dict:
         """Handle entry point; the encode runs in a thread so the replica keeps accepting requests."""
-        return (await asyncio.to_thread(self.embed_sync, body)).model_dump()
+        return (await asyncio.to_thread(self.embed_sync, body)).model_dump(exclude_none=True)
 
     def check_health(self) -> None:
         if self._model is None:

@@ -6,7 +6,8 @@ Routes (behind the bearer tokens of :mod:`deployments.ingress_auth` when any is 
 * ``POST /agents/{agent}``: the agent's input model in, ``AgentResponse`` with its output model out;
   ``?strict=true`` forbids falling back for this request.
 * ``POST /pipeline/article``: an ``Article`` through the newsroom pipeline.
-* ``GET /v1/models``, ``POST /v1/chat/completions``: OpenAI-compatible (see :mod:`deployments.openai_api`).
+* ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/embeddings``: OpenAI-compatible (see
+  :mod:`deployments.openai_api`).
 * ``GET /healthz``: every deployment's status; ``GET /stats``: request and fallback totals.
 
 Each agent gets its own route (``/agents/critic``...) so OpenAPI shows its typed request and response;
@@ -27,7 +28,8 @@ from deployments.agent_server import AgentResponse
 from deployments.http_errors import error_response, install_error_handlers
 from deployments.ingress_server import IngressServer, PipelineResponse
 from deployments.openai_api import completion_response, sse_events
-from deployments.openai_protocol import ChatCompletionRequest, ChatCompletionResponse, ModelList
+from deployments.openai_protocol import (ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+                                         EmbeddingResponse, ModelList)
 
 __all__ = ["build_http_app", "agent_response_model"]
 
@@ -106,6 +108,10 @@ def build_http_app(server: IngressServer) -> FastAPI:
             return StreamingResponse(sse_events(req, reply, server.settings.stream_piece_chars),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return completion_response(req, reply)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["openai"])
+    async def embeddings(req: EmbeddingRequest) -> EmbeddingResponse:
+        return await server.embeddings(req)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:

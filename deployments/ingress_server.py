@@ -8,19 +8,23 @@ when the HTTP proxy binds anything but loopback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import contextmanager
 from typing import Any, Awaitable, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_graph import Answer, AgentMap, PipelineResult, Route, arun_pipeline, get_spec
-from deployments.agent_server import LLMCall
+from deployments.agent_server import EmbedCall, LLMCall, is_caller_error
 from deployments.errors import OverloadedError
 from deployments.http_errors import NotServedError, UnknownAgentError
 from deployments.ingress_auth import TokenGuard, scope_of
-from deployments.openai_api import generate_body, model_list, resolve_model
-from deployments.openai_protocol import ChatCompletionRequest, ModelList
+from deployments.openai_api import (embed_body, embedding_response, generate_body, model_list, resolve_embedding_model,
+                                    resolve_model)
+from deployments.openai_protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, ModelList
+from rollout.router import CanaryRouter, Choice, pin_and_choose
 
 __all__ = ["IngressSettings", "PipelineResponse", "IngressServer", "AgentCall"]
 
@@ -70,7 +74,10 @@ class IngressServer:
         store: the ``modelstore.ModelStore`` behind ``/v1/models``.
         llm: calls the BaseLLM deployment.
         agent: calls an agent deployment.
-        embedding_model: the embeddings model name, listed by ``/v1/models``.
+        embedding_model: the embeddings model name, listed by ``/v1/models`` (with ``embed``).
+        embed: calls the embeddings deployment (``/v1/embeddings``; None: not served).
+        pin: pins ``@current`` refs of chat completions per request (None: sent unpinned); raises ServeErrors.
+        canary: the canary split and recording of chat completions (as the agents' adapter steps).
         status: returns ``{deployment: status}`` for ``/healthz`` (None: not reported).
         agent_stats: returns every agent's totals for ``/stats``.
         pool_stats: returns each base pool's loaded variant/device/bytes and plan for ``/stats``.
@@ -86,12 +93,15 @@ class IngressServer:
                  embedding_model: str | None = None, status: Callable[[], Awaitable[dict[str, str]]] | None = None,
                  agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None, http_host: str | None = None,
-                 pool_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None):
+                 pool_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None, embed: EmbedCall | None = None,
+                 pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None):
         self.settings = settings
         self.map = agent_map
         self.store = store
-        self._llm, self._agent = llm, agent
-        self.embedding_model = embedding_model
+        self._llm, self._agent, self._embed = llm, agent, embed
+        self.embedding_model = embedding_model if embed is not None else None
+        self._pin, self._canary = pin, canary
+        self._shadows: set[asyncio.Task] = set()
         self._status, self._agent_stats, self._canary_status = status, agent_stats, canary_status
         self._pool_stats = pool_stats
         self.guard = TokenGuard.from_env(settings.api_token_env, settings.admin_token_env)
@@ -141,12 +151,51 @@ class IngressServer:
         return await self._agent(name, body, strict)
 
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        """``POST /v1/chat/completions``: the BaseLLM ``GenerateResponse`` dict of the completion."""
-        model_id = resolve_model(req.model, self.map)
-        return await self._llm(model_id, generate_body(req, self.settings.chat_default_max_tokens))
+        """``POST /v1/chat/completions``: the BaseLLM ``GenerateResponse`` dict of the completion, on the ref
+        pinned now and through the canary split, as an agent's adapter step (the observation is recorded)."""
+        target = resolve_model(req.model, self.map)
+        body = generate_body(req, self.settings.chat_default_max_tokens)
+        choice = pin_and_choose(target.model_id, self._pin, self._canary if target.canary else None)
+        if choice.mirror_model_id is not None:
+            task = asyncio.get_running_loop().create_task(self._mirror(choice, body))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+        return await self._observed(choice, choice.model_id, body)
+
+    async def _observed(self, choice: Choice, model_id: str, body: dict[str, Any], mirrored: bool = False) -> dict:
+        started = time.monotonic()
+        try:
+            reply = await self._llm(model_id, body)
+        except Exception as exc:
+            if not is_caller_error(exc):
+                self._record(choice, time.monotonic() - started, "error", mirrored)
+            raise
+        self._record(choice, time.monotonic() - started, "ok", mirrored)
+        return reply
+
+    def _record(self, choice: Choice, seconds: float, outcome: str, mirrored: bool) -> None:
+        if self._canary is not None:
+            self._canary.record(choice, seconds, outcome, role="candidate" if mirrored else None, mirrored=mirrored)
+
+    async def _mirror(self, choice: Choice, body: dict[str, Any]) -> None:
+        """A mirroring canary: the candidate gets the baseline's chat too; its answer is only measured."""
+        try:
+            await self._observed(choice, choice.mirror_model_id, body, mirrored=True)
+        except Exception:  # noqa: BLE001 - a shadow call never reaches the caller; _observed recorded it
+            pass
+
+    def flush(self) -> None:
+        """Write out pending canary observations (on shutdown)."""
+        if self._canary is not None:
+            self._canary.flush()
+
+    async def embeddings(self, req: EmbeddingRequest) -> EmbeddingResponse:
+        """``POST /v1/embeddings`` through the embeddings deployment."""
+        resolve_embedding_model(req.model, self.map, self.embedding_model)
+        return embedding_response(req, await self._embed(embed_body(req)))
 
     def models(self) -> ModelList:
-        """``GET /v1/models``."""
+        """``GET /v1/models``: exactly what chat completions and embeddings accept."""
         return model_list(self.map, self.store, self.embedding_model)
 
     async def pipeline(self, article: dict[str, Any]) -> PipelineResponse:

@@ -1,8 +1,17 @@
-"""The OpenAI-compatible surface: model ids, ``/v1/models`` and ``/v1/chat/completions`` bodies.
+"""The OpenAI-compatible surface: model ids, ``/v1/models``, ``/v1/chat/completions`` and ``/v1/embeddings`` bodies.
 
-A chat ``model`` is an llm agent's name (its adapter ref from the map, as pinned now), ``base`` (the bare
-base) or ``base:<agent>/<adapter>@<version>`` (any adapter the store holds). Chat completions do not walk
-the agent's fallback chain: a client that names a model gets that model or an error saying why.
+One surface: ``/v1/models`` lists exactly the ids the two endpoints accept, each naming its ``endpoint``.
+
+A chat ``model`` is an llm agent's name (its adapter ref from the map), ``base`` (the bare base) or
+``base:<agent>/<adapter>[@<version>]`` (any adapter the store holds; no version means ``@current``). Like an
+agent's adapter step, a chat pins ``@current`` to the version current when it starts and takes the same
+canary split (:func:`rollout.router.pin_and_choose`): an agent's name always, a ``base:`` ref when it follows
+``@current`` (a caller naming a version gets that version). ``system_fingerprint`` is the pinned ref that
+answered. Chat completions do not walk the agent's fallback chain: a client that names a model gets that
+model or an error saying why.
+
+An embeddings ``model`` is an embedding agent (scout, memory) or the embeddings model's name; all go to the
+one embeddings deployment, whose ``max_texts`` / ``max_chars`` bound the inputs (413).
 
 Streaming: the BaseLLM engine decodes a whole batch in one call and reports no per-row tokens, so a
 streamed reply is generated completely first and then sent as ``chat.completion.chunk`` server-sent
@@ -12,46 +21,104 @@ therefore always a proper HTTP status, never a broken stream.
 
 from __future__ import annotations
 
+import base64
 import re
-from typing import Any, Iterator
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from agent_graph import AgentMap
-from deployments.errors import InvalidRequestError
+from deployments.errors import AdapterLoadFailedError, AdapterNotFoundError, InvalidRequestError
 from deployments.http_errors import ModelNotFoundError
 from deployments.limits import check_json_schema, check_prompt
-from deployments.openai_protocol import (ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ModelCard,
-                                         ModelList, Usage, completion_id)
+from deployments.openai_protocol import (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ChatCompletionChunk,
+                                         ChatCompletionRequest, ChatCompletionResponse, EmbeddingData,
+                                         EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ModelCard, ModelList,
+                                         Usage, completion_id)
 
-__all__ = ["BASE_MODEL", "ADAPTER_PREFIX", "resolve_model", "generate_body", "completion_response", "sse_events",
-           "model_list"]
+__all__ = ["BASE_MODEL", "ADAPTER_PREFIX", "ChatTarget", "resolve_model", "store_pin", "generate_body",
+           "completion_response", "sse_events", "embedding_models", "resolve_embedding_model", "embed_body",
+           "embedding_response", "model_list"]
 
 BASE_MODEL = "base"
 ADAPTER_PREFIX = "base:"
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 
-def resolve_model(model: str, agent_map: AgentMap) -> str:
-    """The BaseLLM multiplexed model id for a chat ``model``.
+@dataclass(frozen=True)
+class ChatTarget:
+    """What a chat ``model`` names.
+
+    Attributes:
+        model_id: the BaseLLM multiplexed id before pinning (``""``: the bare base).
+        canary: whether the agents' canary split applies (an agent, or a ``base:`` ref on ``@current``).
+    """
+
+    model_id: str
+    canary: bool
+
+
+def _embedding_agents(agent_map: AgentMap) -> list[str]:
+    return sorted(n for n, e in agent_map.agents.items() if e.served and e.kind == "embedding")
+
+
+def _llm_agents(agent_map: AgentMap) -> list[str]:
+    return sorted(n for n, e in agent_map.agents.items() if e.served and e.kind == "llm")
+
+
+def resolve_model(model: str, agent_map: AgentMap) -> ChatTarget:
+    """What a chat ``model`` names.
 
     Raises:
         ModelNotFoundError: not an agent, ``base`` or ``base:<adapter ref>`` (404).
-        InvalidRequestError: an agent that is not a text agent (400).
+        InvalidRequestError: an embedding agent, or ``base:`` with a malformed or non-adapter ref (400).
     """
     if model == BASE_MODEL:
-        return ""
+        return ChatTarget("", canary=False)
     if model.startswith(ADAPTER_PREFIX):
-        ref = model[len(ADAPTER_PREFIX):]
-        if not ref:
-            raise InvalidRequestError(f"model {model!r}: give an adapter ref after 'base:'")
-        return ref  # the BaseLLM parses it: 400 when malformed, 404 when the store lacks it
+        from modelstore.errors import RefError
+        from modelstore.refs import CURRENT, AdapterRef, parse_ref
+
+        raw = model[len(ADAPTER_PREFIX):]
+        try:
+            ref = parse_ref(raw)
+        except RefError as exc:
+            raise InvalidRequestError(f"model {model!r}: {exc}") from None
+        if not isinstance(ref, AdapterRef):
+            raise InvalidRequestError(f"model {model!r}: 'base:' takes an adapter ref "
+                                      f"('<agent>/<adapter>@<version>'); use '{BASE_MODEL}' for the bare base")
+        return ChatTarget(str(ref), canary=ref.version == CURRENT)
     entry = agent_map.agents.get(model)
     if entry is None or not entry.served:
-        llm = sorted(n for n, e in agent_map.agents.items() if e.kind == "llm")
-        raise ModelNotFoundError(f"model {model!r} is not served; use an agent ({', '.join(llm)}), "
-                                 f"'{BASE_MODEL}' or '{ADAPTER_PREFIX}<agent>/<adapter>@<version>'")
+        raise ModelNotFoundError(f"model {model!r} is not served by {CHAT_ENDPOINT}; use an agent "
+                                 f"({', '.join(_llm_agents(agent_map))}), '{BASE_MODEL}' or "
+                                 f"'{ADAPTER_PREFIX}<agent>/<adapter>@<version>' (GET /v1/models lists them)")
+    if entry.kind == "embedding":
+        raise InvalidRequestError(f"model {model!r} is an embedding model; call POST {EMBEDDINGS_ENDPOINT}")
     if entry.kind != "llm":
         raise InvalidRequestError(f"model {model!r} is a {entry.kind} agent; call POST /agents/{model} instead")
-    return entry.adapter_for(None) or ""
+    return ChatTarget(entry.adapter_for(None) or "", canary=True)
+
+
+def store_pin(store: Any) -> Callable[[str], str]:
+    """The chat path's ``pin``: ``@current`` to the version current now, store errors as HTTP errors.
+
+    The callable raises AdapterNotFoundError (404: namespace or version not in the store), InvalidRequestError
+    (400: malformed ref) or AdapterLoadFailedError (500: the store's copy is broken).
+    """
+    from modelstore.errors import ModelStoreError, NotFoundError, RefError
+
+    def pin(ref: str) -> str:
+        try:
+            return str(store.pin(ref))
+        except RefError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        except NotFoundError as exc:
+            raise AdapterNotFoundError(str(exc)) from None
+        except ModelStoreError as exc:
+            raise AdapterLoadFailedError(str(exc)) from None
+
+    return pin
 
 
 def generate_body(req: ChatCompletionRequest, default_max_tokens: int) -> dict[str, Any]:
@@ -118,33 +185,82 @@ def sse_events(req: ChatCompletionRequest, reply: dict[str, Any], piece_chars: i
     yield "data: [DONE]\n\n"
 
 
+def embedding_models(agent_map: AgentMap, embedding_model: str | None) -> list[str]:
+    """The ``model`` ids ``/v1/embeddings`` accepts (none without an embeddings deployment)."""
+    return [*_embedding_agents(agent_map), embedding_model] if embedding_model else []
+
+
+def resolve_embedding_model(model: str, agent_map: AgentMap, embedding_model: str | None) -> None:
+    """Check an embeddings ``model``.
+
+    Raises:
+        NotServedError: the application has no embeddings deployment (404).
+        InvalidRequestError: a chat model (400).
+        ModelNotFoundError: anything else (404).
+    """
+    from deployments.http_errors import NotServedError
+
+    accepted = embedding_models(agent_map, embedding_model)
+    if not accepted:
+        raise NotServedError("this application runs no embeddings deployment")
+    if model in accepted:
+        return
+    if model == BASE_MODEL or model.startswith(ADAPTER_PREFIX) or model in _llm_agents(agent_map):
+        raise InvalidRequestError(f"model {model!r} is a chat model; call POST {CHAT_ENDPOINT}")
+    raise ModelNotFoundError(f"model {model!r} is not served by {EMBEDDINGS_ENDPOINT}; use one of "
+                             f"{', '.join(accepted)}")
+
+
+def embed_body(req: EmbeddingRequest) -> dict[str, Any]:
+    """The embeddings deployment's ``EmbedRequest`` body (it refuses too many or too long texts: 413)."""
+    return {"texts": req.texts(), "normalize": True, "dimensions": req.dimensions, "count_tokens": True}
+
+
+def _b64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def embedding_response(req: EmbeddingRequest, reply: dict[str, Any]) -> EmbeddingResponse:
+    """OpenAI's embeddings list from an ``EmbedResponse`` dict."""
+    encode = _b64 if req.encoding_format == "base64" else (lambda v: v)
+    tokens = int(reply.get("tokens") or 0)
+    return EmbeddingResponse(model=req.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+                             data=[EmbeddingData(index=i, embedding=encode(v)) for i, v in enumerate(reply["vectors"])])
+
+
 def model_list(agent_map: AgentMap, store: Any, embedding_model: str | None = None) -> ModelList:
-    """``/v1/models``: the base, every served agent and every adapter version the store holds.
+    """``/v1/models``: exactly the ids the two endpoints accept, each with its ``endpoint``.
+
+    Chat: the base, every served llm agent, every adapter version the store holds and each adapter's
+    ``@current`` (``base:<ref>``). Embeddings (only with an embeddings deployment): the embedding agents and
+    the embeddings model.
 
     Args:
         agent_map: the map (agents and their adapter refs).
         store: a ``modelstore.ModelStore``; refs are pinned to versions as of now.
-        embedding_model: name of the embeddings model, listed when given.
+        embedding_model: name of the embeddings deployment's model (None: no embeddings deployment).
     """
+    chat = {"endpoint": CHAT_ENDPOINT}
     base_ref = str(store.resolve("base_models@current").ref)
-    cards = [ModelCard(id=BASE_MODEL, kind="base", ref=base_ref)]
-    for name, entry in sorted(agent_map.agents.items()):
-        if not entry.served:
-            continue
-        if entry.kind == "llm":
-            adapter = entry.adapter_for(None)
-            ref = str(store.resolve(adapter).ref) if adapter else str(store.resolve(entry.base).ref)
-        else:
-            ref = entry.model
-        cards.append(ModelCard(id=name, kind="agent", ref=ref))
+    cards = [ModelCard(id=BASE_MODEL, kind="base", ref=base_ref, **chat)]
+    for name in _llm_agents(agent_map):
+        entry = agent_map.agents[name]
+        adapter = entry.adapter_for(None)
+        ref = str(store.resolve(adapter).ref) if adapter else base_ref
+        cards.append(ModelCard(id=name, kind="agent", ref=ref, **chat))
     for ns in store.namespaces():
         if getattr(ns, "kind", None) != "adapter":
             continue
         namespace = str(ns).split("@", 1)[0]
         for version in store.versions(ns):
             ref = f"{namespace}@{version}"
-            cards.append(ModelCard(id=ADAPTER_PREFIX + ref, kind="adapter", ref=ref))
+            cards.append(ModelCard(id=ADAPTER_PREFIX + ref, kind="adapter", ref=ref, **chat))
+        current = store.current_version(ns)
+        if current is not None:
+            cards.append(ModelCard(id=f"{ADAPTER_PREFIX}{namespace}@current", kind="adapter",
+                                   ref=f"{namespace}@{current}", **chat))
     if embedding_model:
-        cards.append(ModelCard(id=embedding_model, kind="embedding", ref=embedding_model))
+        for name in _embedding_agents(agent_map):
+            cards.append(ModelCard(id=name, kind="agent", ref=embedding_model, endpoint=EMBEDDINGS_ENDPOINT))
+        cards.append(ModelCard(id=embedding_model, kind="embedding", ref=embedding_model, endpoint=EMBEDDINGS_ENDPOINT))
     return ModelList(data=cards)
-

@@ -1,4 +1,4 @@
-"""OpenAI-compatible request and response bodies for ``/v1/chat/completions`` and ``/v1/models``.
+"""OpenAI-compatible request and response bodies for ``/v1/chat/completions``, ``/v1/embeddings`` and ``/v1/models``.
 
 Only what the newsroom's clients use is modelled, but what is modelled follows the OpenAI schema so the
 official ``openai`` client parses it: ``response_format`` with ``json_schema`` (constrained decoding),
@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from deployments.limits import LIMITS, ChoiceCount, MaxNewTokens, Seed, TopK, check_stops
 
 __all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "StreamOptions", "ChatCompletionRequest",
-           "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id"]
+           "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id",
+           "CHAT_ENDPOINT", "EMBEDDINGS_ENDPOINT", "EmbeddingRequest", "EmbeddingData", "EmbeddingUsage",
+           "EmbeddingResponse"]
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 
 
 def completion_id() -> str:
@@ -173,14 +178,16 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """One entry of ``/v1/models``."""
+    """One entry of ``/v1/models``: an id that ``endpoint`` accepts as its ``model``."""
 
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "justnews"
     kind: Literal["base", "agent", "adapter", "embedding"] = Field(description="What the id names.")
-    ref: str | None = Field(None, description="Pinned ModelStore ref behind the id.")
+    ref: str | None = Field(None, description="Pinned ModelStore ref (or embeddings model) behind the id.")
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings"] = Field(
+        description="The one endpoint that takes this id as its model.")
 
 
 class ModelList(BaseModel):
@@ -188,3 +195,56 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``; ``model`` is an embedding agent (scout, memory) or the embeddings model.
+
+    Token arrays as ``input`` are not supported (strings only). Limits on the count and length of the inputs
+    are the embeddings deployment's ``max_texts`` and ``max_chars`` (413 beyond).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200, description="'scout', 'memory' or the embeddings model name.")
+    input: str | list[str] = Field(description="A text, or a list of texts, to embed (strings only).")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="'float': lists of numbers; 'base64': little-endian float32 bytes, base64-encoded.")
+    dimensions: int | None = Field(None, ge=1, description="Only the model's own vector length is served "
+                                   "(400 for any other).")
+    user: str | None = Field(None, max_length=256, description="Caller tag (logged only).")
+
+    @field_validator("input")
+    @classmethod
+    def _some_input(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("input must hold at least one text")
+        return v
+
+    def texts(self) -> list[str]:
+        """The inputs as a list, in order."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbeddingData(BaseModel):
+    """One vector."""
+
+    object: Literal["embedding"] = "embedding"
+    index: int = Field(description="Position of the input it embeds.")
+    embedding: list[float] | str = Field(description="The vector (floats, or base64 of float32 bytes).")
+
+
+class EmbeddingUsage(BaseModel):
+    """Tokens the embeddings model read."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    """``POST /v1/embeddings``'s answer."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str = Field(description="The model as requested.")
+    usage: EmbeddingUsage

@@ -21,7 +21,7 @@ from modelstore.refs import AdapterRef, parse_ref
 
 from .state import CanaryBook, CanaryState, RoleStats
 
-__all__ = ["Choice", "CanaryRouter"]
+__all__ = ["Choice", "CanaryRouter", "pin_and_choose"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,19 @@ class Choice:
     stage: int = 0
     adapter: str | None = None
     mirror_model_id: str | None = None
+
+
+def pin_and_choose(model_id: str, pin: Callable[[str], str] | None, canary: "CanaryRouter | None") -> Choice:
+    """Where one model call goes: ``@current`` pinned to its version now (``pin``), then the canary's split
+    (``canary``; None: no canary applies). The one routing step of an agent's adapter step and of a chat
+    completion, so both pin and split alike. ``""`` (the bare base) is neither pinned nor split.
+
+    Raises:
+        Exception: whatever ``pin`` raises (the ref is malformed or gone from the store).
+    """
+    if model_id and pin is not None:
+        model_id = pin(model_id)
+    return canary.choose(model_id) if canary is not None and model_id else Choice(model_id)
 
 
 @dataclass
