@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -37,6 +37,10 @@ from hitl.models import Item
 
 __all__ = ["HitlService", "ReviewConflictError", "ReviewItemNotFoundError", "ReviewQueueUnavailableError",
            "install_hitl", "build_hitl_app", "item_json"]
+
+# Item ids are SQLite INTEGERs (int64); ages beyond ten years name no item (and overflow datetime arithmetic).
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
+MAX_AGE_S = 10 * 365 * 86_400
 
 
 class ReviewConflictError(ServeError):
@@ -169,18 +173,19 @@ def _api(router: APIRouter, svc: HitlService) -> None:
 
     @router.get("/items", tags=["hitl"], summary="Items, oldest first.")
     async def list_items(agent: str | None = None, reason: str | None = None,
-                         state: list[str] | None = Query(None), older_than_s: float | None = None,
+                         state: list[str] | None = Query(None),
+                         older_than_s: float | None = Query(None, ge=0, le=MAX_AGE_S),
                          limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         items = svc.call(lambda s: s.list(agent=agent, reason=reason, states=state, older_than_s=older_than_s,
                                           limit=limit))
         return {"items": [item_json(i) for i in items]}
 
     @router.get("/items/{item_id}", tags=["hitl"], summary="One item with its audit trail.")
-    async def get_item(item_id: int) -> dict[str, Any]:
+    async def get_item(item_id: ItemId) -> dict[str, Any]:
         return item_json(svc.call(lambda s: s.get(item_id, audit=True)), audit=True)
 
     @router.post("/items/{item_id}/decision", tags=["hitl"], summary="Approve, reject or correct an item.")
-    async def decide(item_id: int, req: DecisionRequest) -> dict[str, Any]:
+    async def decide(item_id: ItemId, req: DecisionRequest) -> dict[str, Any]:
         item = svc.decide(item_id, req.reviewer, req.action, req.output if req.action == "correct" else None, req.note)
         return item_json(svc.call(lambda s: s.get(item.id, audit=True)), audit=True)
 
@@ -284,7 +289,7 @@ def _pages(router: APIRouter, svc: HitlService) -> None:
                                     ok=done or None, err=error or None))
 
     @router.get("/review/{item_id}", include_in_schema=False)
-    async def review(request: Request, item_id: int) -> Response:
+    async def review(request: Request, item_id: ItemId) -> Response:
         page = _Page(svc, request)
         if page.reviewer is None:
             return page.redirect("/login")
@@ -301,15 +306,15 @@ def _pages(router: APIRouter, svc: HitlService) -> None:
             page.redirect("/", done=f"Item {item_id} released.")
 
     @router.post("/review/{item_id}/claim", include_in_schema=False)
-    async def claim(request: Request, item_id: int) -> Response:
+    async def claim(request: Request, item_id: ItemId) -> Response:
         return await _claim_or_release(request, item_id, "claim")
 
     @router.post("/review/{item_id}/release", include_in_schema=False)
-    async def release(request: Request, item_id: int) -> Response:
+    async def release(request: Request, item_id: ItemId) -> Response:
         return await _claim_or_release(request, item_id, "release")
 
     @router.post("/review/{item_id}/decide", include_in_schema=False)
-    async def decide(request: Request, item_id: int) -> Response:
+    async def decide(request: Request, item_id: ItemId) -> Response:
         page = _Page(svc, request)
         form = await page.form()
         action = form.get("action", "")

@@ -9,6 +9,7 @@ into ``{"error": {"type", "message", "status"}}``. Overload answers 503 with ``R
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,9 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from deployments.errors import InternalError, InvalidRequestError, OverloadedError, ServeError, error_body
+from deployments.errors import (InternalError, InvalidRequestError, LimitExceededError, OverloadedError, ServeError,
+                                error_body)
 
-__all__ = ["UnauthorizedError", "ForbiddenError", "NotServedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "error_response",
+__all__ = ["UnauthorizedError", "ForbiddenError", "NotServedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "body_parse_error", "error_response",
            "install_error_handlers", "validation_summary"]
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,18 @@ def as_serve_error(exc: BaseException) -> ServeError:
     return InternalError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
+def body_parse_error(cause: BaseException | None) -> ServeError | None:
+    """What a request body FastAPI could not parse (its generic 400) was: too deeply nested JSON (the parser's
+    limit is Python's recursion limit) or bytes that are not UTF-8. None for anything else."""
+    if isinstance(cause, RecursionError):
+        return LimitExceededError(f"the JSON body is nested deeper than the parser's limit of about "
+                                  f"{sys.getrecursionlimit()} levels (Python's recursion limit); no route takes a "
+                                  f"body nested more than a few dozen levels")
+    if isinstance(cause, UnicodeDecodeError):
+        return InvalidRequestError(f"the body is not UTF-8 JSON: {cause}")
+    return None
+
+
 def error_response(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
     """The JSON response of an error; 503 carries ``Retry-After``, 401 and 403 ``WWW-Authenticate``."""
     error = as_serve_error(exc)
@@ -114,6 +128,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         return error_response(InvalidRequestError(validation_summary(list(exc.errors()))), retry_after_s)
 
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        parsed = body_parse_error(exc.__cause__) if exc.status_code == 400 else None
+        if parsed is not None:
+            return error_response(parsed, retry_after_s)
         error = ServeError(str(exc.detail))
         error.status_code = exc.status_code
         error.error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
