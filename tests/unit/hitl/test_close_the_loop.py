@@ -23,6 +23,8 @@ from fastapi.testclient import TestClient
 from agent_graph import get_spec, load_agent_map
 from agent_graph.schema import AgentMap, ReviewRules
 
+from .conftest import train_argv
+
 AGENT, N_REVIEWED, N_HELD_OUT, STEPS = "fact_checker", 48, 24, 120
 
 
@@ -115,15 +117,7 @@ def test_corrections_train_the_next_adapter(store, tmp_path, capsys):
     assert hitl_main(["--db", url, "export", "--agent", AGENT, "--out", str(data)]) == 0
     assert len(data.read_text().splitlines()) == N_REVIEWED
     started = time.monotonic()
-    assert train_main(["train", "--agent", AGENT, "--train-files", str(data), "--eval-fraction", "0",
-                       "--adapter-name", f"mistral_{AGENT}_v1", "--adapter-version", "hitl-1",
-                       "--store-root", str(store.root), "--output-dir", str(tmp_path / "run"),
-                       "--device", "cpu", "--quantization", "none", "--precision", "fp32", "--threads", "1",
-                       "--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0",
-                       "--target-modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                       "down_proj", "lm_head", "--max-steps", str(STEPS), "--batch-size", "16", "--grad-accum", "1",
-                       "--learning-rate", "1e-3", "--lora-plus-ratio", "8", "--adam-beta2", "0.99",
-                       "--warmup-steps", "10", "--no-progress", "--publish"]) == 0
+    assert train_main(train_argv(AGENT, data, store.root, tmp_path / "run", steps=STEPS)) == 0
     train_s = time.monotonic() - started
     assert str(store.pin(f"{AGENT}/mistral_{AGENT}_v1@current")) == f"{AGENT}/mistral_{AGENT}_v1@hitl-1"
 
