@@ -11,6 +11,7 @@ Alembic's (``hitl/migrations``), applied programmatically by :func:`migrate` (at
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -21,6 +22,9 @@ __all__ = ["DB_ENV", "default_url", "resolve_url", "make_engine", "migrate", "cu
 
 DB_ENV = "JUSTNEWS_HITL_DB"
 _MIGRATIONS = Path(__file__).with_name("migrations")
+# Alembic's `context` is one module-level proxy: two migrations in one process must not overlap (processes and
+# nodes serialise on the database itself, see migrations/env.py).
+_MIGRATING = threading.Lock()
 
 
 def default_url(store_root: str | Path | None = None) -> str:
@@ -85,7 +89,8 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
     """Upgrade the schema to ``revision`` (idempotent); returns the revision the database is at."""
     from alembic import command
 
-    command.upgrade(_config(engine), revision)
+    with _MIGRATING:
+        command.upgrade(_config(engine), revision)
     return current_revision(engine)
 
 

@@ -181,3 +181,31 @@ def test_a_full_writer_queue_drops_instead_of_blocking(hitl_store):
     assert writer.flush(10)
     assert writer.written == results.count(True)
     writer.close()
+
+
+def _migrate_process(url: str, out) -> None:
+    from hitl import ReviewStore
+
+    try:
+        out.put(ReviewStore(url).migrate())
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.slow
+def test_replicas_starting_together_migrate_a_fresh_database_once(tmp_path):
+    from hitl.db import head_revision
+
+    url = f"sqlite:///{tmp_path}/fresh/hitl.db"
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_migrate_process, args=(url, out)) for _ in range(WRITERS)]
+    for p in procs:
+        p.start()
+    revs = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert revs == [head_revision()] * WRITERS
+    store = ReviewStore(url)
+    assert store.enqueue(example_item()) == 1
+    store.close()

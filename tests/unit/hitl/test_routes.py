@@ -221,3 +221,19 @@ def test_only_the_reviewer_pages_leave_the_bearer_scopes(path, scope):
     from deployments.ingress_auth import scope_of
 
     assert scope_of(path) == scope
+
+
+def test_a_released_claim_lets_the_other_reviewer_in(svc, hitl_store):
+    i = hitl_store.enqueue(example_item())
+    app = build_hitl_app(svc)
+    alice, bob = _logged_in(app), _logged_in(app, "bob", BOB)
+    a_csrf, b_csrf = _csrf(alice.get("/hitl/").text), _csrf(bob.get("/hitl/").text)
+    alice.post(f"/hitl/review/{i}/claim", data={"csrf": a_csrf})
+    assert 'id="release"' in alice.get(f"/hitl/review/{i}").text
+    assert f"Item {i} released." in alice.post(f"/hitl/review/{i}/release", data={"csrf": a_csrf}).text
+    bob.post(f"/hitl/review/{i}/claim", data={"csrf": b_csrf})
+    assert hitl_store.get(i).claimed_by == "bob"
+    assert [e.action for e in hitl_store.audit(i)] == ["queued", "claimed", "released", "claimed"]
+    assert "Log out" in bob.get("/hitl/").text
+    r = bob.post("/hitl/logout", data={"csrf": b_csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/hitl/login"

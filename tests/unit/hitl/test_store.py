@@ -156,3 +156,32 @@ def test_sqlite_engine_uses_wal(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_the_migration_goes_down_and_up_again(hitl_store):
+    from alembic import command
+
+    from hitl.db import _config
+
+    hitl_store.enqueue(example_item())
+    command.downgrade(_config(hitl_store.engine), "base")
+    assert current_revision(hitl_store.engine) is None
+    assert not {"hitl_items", "hitl_audit"} & set(inspect(hitl_store.engine).get_table_names())
+    assert hitl_store.migrate() == head_revision()
+    assert hitl_store.list() == [] and hitl_store.enqueue(example_item()) == 1
+
+
+def test_concurrent_migrators_on_one_file_serialise(tmp_path):
+    import threading
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    stores = [ReviewStore(url, auto_migrate=False) for _ in range(4)]
+    revs: list = []
+    threads = [threading.Thread(target=lambda s=s: revs.append(s.migrate())) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert revs == [head_revision()] * 4
+    for s in stores:
+        s.close()
