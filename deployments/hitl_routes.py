@@ -10,6 +10,7 @@ on every POST, its CSRF token here. The JSON API stays in the admin scope:
 * ``GET /hitl/items`` (``agent``, ``reason``, ``state``, ``older_than_s``, ``limit``), ``GET /hitl/items/{id}``.
 * ``POST /hitl/items/{id}/decision``: ``{reviewer, action: approve|reject|correct, output?, note?}``.
 * ``GET /hitl/stats``: items per state, queue depth and oldest age per agent.
+* ``GET /hitl/articles/{article_id}``: whether a pipeline run holds the article, and each held step's item.
 
 A claim conflict is 409 naming the holder, a correction off the contract 400, a database outage 503; none
 of it touches the agent routes.
@@ -17,8 +18,10 @@ of it touches the agent routes.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Callable, Literal
 from urllib.parse import parse_qs, quote
 
@@ -32,8 +35,10 @@ from deployments.errors import InvalidRequestError, ServeError
 from deployments.hitl_auth import LOGIN_COOKIE, SESSION_COOKIE, Reviewers, Sessions
 from deployments.hitl_pages import AGES, item_page, login_page, queue_page
 from deployments.http_errors import UnauthorizedError
-from hitl import ClaimConflict, InvalidDecision, ItemNotFound, NewItem, ReviewStore
+from hitl import ClaimConflict, HeldStep, InvalidDecision, ItemNotFound, NewItem, ReviewStore
 from hitl.models import Item
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HitlService", "ReviewConflictError", "ReviewItemNotFoundError", "ReviewQueueUnavailableError",
            "install_hitl", "build_hitl_app", "item_json"]
@@ -86,6 +91,18 @@ class HitlService:
         self.reviewers = reviewers if reviewers is not None else Reviewers.from_env()
         self.sessions = Sessions(self.reviewers, secret)
         self._on_decision = on_decision
+        self._holds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hitl-holds")
+        self.hold_failures = 0
+
+    def hold_later(self, article_id: str, steps: list[HeldStep]) -> None:
+        """Record a pipeline's hold off the request path; a database outage is logged and counted."""
+        def write() -> None:
+            try:
+                self.store.hold(article_id, steps)
+            except Exception as exc:  # noqa: BLE001 - the article was answered; only the hold record is lost
+                self.hold_failures += 1
+                log.warning("hitl: hold of article %r not recorded: %s", article_id, str(exc).splitlines()[0][:200])
+        self._holds.submit(write)
 
     @property
     def store(self) -> ReviewStore:
@@ -192,6 +209,10 @@ def _api(router: APIRouter, svc: HitlService) -> None:
     @router.get("/stats", tags=["hitl"], summary="Items per state; queue depth and oldest age per agent.")
     async def stats() -> dict[str, Any]:
         return svc.call(lambda s: {"states": s.counts(), "queue": s.queue_stats()})
+
+    @router.get("/articles/{article_id}", tags=["hitl"], summary="Whether review holds an article, step by step.")
+    async def article(article_id: str) -> dict[str, Any]:
+        return svc.call(lambda s: s.article(article_id))
 
 
 class _Page:
@@ -345,6 +366,9 @@ def install_hitl(app: FastAPI, svc: HitlService) -> None:
     _api(router, svc)
     _pages(router, svc)
     app.include_router(router)
+    server = getattr(app.state, "ingress", None)  # the ingress' pipeline records its review holds here
+    if server is not None:
+        server.on_held = svc.hold_later
 
 
 def build_hitl_app(svc: HitlService) -> FastAPI:

@@ -73,6 +73,7 @@ def build_http_app(server: IngressServer) -> FastAPI:
     app = FastAPI(title="JustNews Serve", version="0.1.0",
                   description="Newsroom agents on one shared base model with per-agent LoRA adapters.")
     install_error_handlers(app, server.settings.retry_after_s)
+    app.state.ingress = server  # routes installed later (deployments.hitl_routes.install_hitl) reach the server
 
     @app.middleware("http")
     async def guards(request: Request, call_next):  # noqa: ANN001 - Starlette's signature

@@ -24,6 +24,8 @@ from deployments.ingress_auth import TokenGuard, scope_of
 from deployments.openai_api import (embed_body, embedding_response, generate_body, model_list, resolve_embedding_model,
                                     resolve_model)
 from deployments.openai_protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, ModelList
+from hitl.pipeline import held_steps
+from hitl.store import HeldStep
 from rollout.router import CanaryRouter, Choice, pin_and_choose
 
 __all__ = ["IngressSettings", "PipelineResponse", "IngressServer", "AgentCall"]
@@ -63,6 +65,9 @@ class PipelineResponse(PipelineResult):
     """``POST /pipeline/article``: every step's record, plus the steps that fell back."""
 
     fallback_steps: list[str] = Field(default_factory=list, description="Steps answered by a later fallback step.")
+    held: bool = Field(False, description="True when a step's answer went to human review under the agent map's "
+                       "rules: hold the article until its items are decided (GET /hitl/articles/{id}).")
+    review: dict[str, list[str]] = Field(default_factory=dict, description="Step -> why it went to review.")
 
 
 class IngressServer:
@@ -108,6 +113,8 @@ class IngressServer:
         self.guard.check_binding([settings.http_host, http_host])
         self.in_flight = 0
         self.rejected = 0
+        # (article id, held steps) -> None: records a pipeline's review hold (set by deployments.hitl_routes).
+        self.on_held: Callable[[str, list[HeldStep]], None] | None = None
         self.served_agents = sorted(n for n, e in agent_map.agents.items() if e.served)
 
     # -- guards -----------------------------------------------------------------------------------
@@ -211,7 +218,14 @@ class IngressServer:
             return Answer(agent, output, Route(agent, reply["step"], reply["answered_by"]), failures)
 
         result = await arun_pipeline(article, call)
-        return PipelineResponse(**result.model_dump(), fallback_steps=fell_back)
+        held = held_steps(self.map, result.steps, fell_back)
+        if held and self.on_held is not None:
+            try:
+                self.on_held(result.article_id, held)  # a background write (hitl): never blocks the answer
+            except Exception as exc:  # noqa: BLE001 - the hold record is best effort, the answer is not
+                log.warning("hitl: could not record the hold of article %r: %s", result.article_id, exc)
+        return PipelineResponse(**result.model_dump(), fallback_steps=fell_back, held=bool(held),
+                                review={h.step: list(h.reasons) for h in held})
 
     async def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``ok`` while every deployment is healthy, with each one's status."""

@@ -8,7 +8,7 @@ from .errors import ClaimConflict, HitlError, InvalidDecision, ItemNotFound, Rev
 from .export import ExportResult, export_training, parse_since, record_of
 from .models import DECIDED, STATES, AuditEvent, Item, utcnow
 from .routing import ReviewRouter
-from .store import REASONS, NewItem, ReviewStore
+from .store import REASONS, HeldStep, NewItem, ReviewStore
 from .writer import QueueWriter
 
 __all__ = [
@@ -16,5 +16,5 @@ __all__ = [
     "ClaimConflict", "HitlError", "InvalidDecision", "ItemNotFound", "ReviewerConfigError",
     "ExportResult", "export_training", "parse_since", "record_of",
     "DECIDED", "STATES", "AuditEvent", "Item", "utcnow",
-    "ReviewRouter", "REASONS", "NewItem", "ReviewStore", "QueueWriter",
+    "ReviewRouter", "REASONS", "HeldStep", "NewItem", "ReviewStore", "QueueWriter",
 ]

@@ -6,13 +6,15 @@ Times are stored as naive UTC (SQLite keeps no zone); :func:`utcnow` is the one 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Item", "AuditEvent", "State", "STATES", "DECIDED", "utcnow"]
+__all__ = ["Base", "Item", "AuditEvent", "Hold", "State", "STATES", "DECIDED", "utcnow", "input_key"]
 
 State = Literal["pending", "claimed", "approved", "corrected", "rejected"]
 STATES: tuple[str, ...] = ("pending", "claimed", "approved", "corrected", "rejected")
@@ -22,6 +24,13 @@ DECIDED: tuple[str, ...] = ("approved", "corrected", "rejected")
 def utcnow() -> datetime:
     """Now, as naive UTC (what the columns hold)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def input_key(agent: str, inp: Any, output: Any) -> str:
+    """sha256 of the agent, its input and its answer as canonical JSON: how a pipeline step finds its item."""
+    text = json.dumps({"agent": agent, "input": inp, "output": output}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Base(DeclarativeBase):
@@ -52,6 +61,7 @@ class Item(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    input_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
     audit: Mapped[list["AuditEvent"]] = relationship(back_populates="item", order_by="AuditEvent.id")
 
@@ -71,3 +81,17 @@ class AuditEvent(Base):
     detail: Mapped[Any] = mapped_column(JSON)
 
     item: Mapped[Item] = relationship(back_populates="audit")
+
+
+class Hold(Base):
+    """A pipeline step of an article that went to review; the article is held until its item is decided."""
+
+    __tablename__ = "hitl_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    article_id: Mapped[str] = mapped_column(String(64), index=True)
+    step: Mapped[str] = mapped_column(String(64))
+    agent: Mapped[str] = mapped_column(String(64))
+    input_key: Mapped[str] = mapped_column(String(64))
+    reasons: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

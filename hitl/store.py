@@ -19,15 +19,17 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from .db import make_engine, migrate, resolve_url
 from .errors import ClaimConflict, InvalidDecision, ItemNotFound
-from .models import DECIDED, AuditEvent, Item, utcnow
+from .models import DECIDED, AuditEvent, Hold, Item, input_key, utcnow
 
-__all__ = ["NewItem", "ReviewStore", "Action", "REASONS", "DEFAULT_CLAIM_S"]
+__all__ = ["NewItem", "HeldStep", "ReviewStore", "Action", "REASONS", "DEFAULT_CLAIM_S", "HOLD_GRACE_S"]
 
 Action = Literal["approve", "reject", "correct"]
 _DECISION_STATE = {"approve": "approved", "reject": "rejected", "correct": "corrected"}
 # Why an item is queued: the routing rules' reasons (agent_graph.schema.ReviewRules) and 'manual'.
 REASONS = ("blocking_verdict", "unverified", "fallback", "low_confidence", "sampled", "manual")
 DEFAULT_CLAIM_S = 900.0
+# How long a held step waits for its agent's (asynchronous) queue write before it counts as not queued.
+HOLD_GRACE_S = 300.0
 _NAME_MAX = 64
 
 
@@ -45,6 +47,17 @@ class NewItem:
     source: str = "rule"
     note: str | None = None
     created_at: datetime | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class HeldStep:
+    """A pipeline step whose answer the review rules sent to review (see :meth:`ReviewStore.hold`)."""
+
+    step: str
+    agent: str
+    input: dict[str, Any]
+    output: dict[str, Any]
+    reasons: tuple[str, ...]
 
 
 def _name(who: str) -> str:
@@ -110,7 +123,7 @@ class ReviewStore:
         rows = [Item(agent=it.agent, input=it.input, output=it.output, answered_by=it.answered_by, step=it.step,
                      pool=it.pool, reasons=list(it.reasons), reason_tags="," + ",".join(it.reasons) + ",",
                      source=it.source, state="pending", note=it.note, created_at=it.created_at or now,
-                     updated_at=now) for it in items]
+                     updated_at=now, input_key=input_key(it.agent, it.input, it.output)) for it in items]
         with self._s() as s, s.begin():
             s.add_all(rows)
             s.flush()
@@ -240,6 +253,33 @@ class ReviewStore:
             reason = getattr(exc, "reason", None) or str(exc)
             raise InvalidDecision(f"the correction does not fit the {agent} contract: {reason}") from None
         return out.model_dump(mode="json")
+
+    def hold(self, article_id: str, steps: Sequence[HeldStep]) -> None:
+        """Hold ``article_id`` until the review items of ``steps`` are decided (the agents queue the items)."""
+        now = utcnow()
+        with self._s() as s, s.begin():
+            s.add_all(Hold(article_id=article_id, step=h.step, agent=h.agent, reasons=list(h.reasons),
+                           input_key=input_key(h.agent, h.input, h.output), created_at=now) for h in steps)
+
+    def article(self, article_id: str, *, grace_s: float = HOLD_GRACE_S) -> dict[str, Any]:
+        """Whether ``article_id`` is held, and each held step's item and state.
+
+        A step is released when its item is decided; an item not queued ``grace_s`` after the hold (its
+        agent's write failed) reads ``not_queued`` and holds nothing.
+        """
+        now = utcnow()
+        with self._s() as s, s.begin():
+            holds = list(s.execute(select(Hold).where(Hold.article_id == article_id).order_by(Hold.id)).scalars())
+            steps = []
+            for h in holds:
+                item = s.execute(select(Item).where(Item.input_key == h.input_key, Item.agent == h.agent)
+                                 .order_by(Item.id.desc()).limit(1)).scalar_one_or_none()
+                state = item.state if item is not None else (
+                    "not_queued" if (now - h.created_at).total_seconds() > grace_s else "queueing")
+                steps.append({"step": h.step, "agent": h.agent, "reasons": h.reasons, "state": state,
+                              "item_id": item.id if item is not None else None,
+                              "held": state in ("pending", "claimed", "queueing")})
+        return {"article_id": article_id, "held": any(st["held"] for st in steps), "steps": steps}
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ def test_cli_migrate_and_export(hitl_store, tmp_path, capsys):
     _decide_three(hitl_store)
     db = ["--db", hitl_store.url]
     assert hitl_main([*db, "migrate"]) == 0
-    assert "schema at revision 0001_review_queue" in capsys.readouterr().out
+    assert "schema at revision 0002_article_holds" in capsys.readouterr().out
     out = tmp_path / "export.jsonl"
     assert hitl_main([*db, "export", "--agent", "critic", "--since", "1d", "--out", str(out)]) == 0
     assert "wrote 2 records (1 approved, 1 corrected)" in capsys.readouterr().err

@@ -91,5 +91,6 @@ def test_router_submits_only_routed_answers_and_never_raises(hitl_store):
     assert [(i.reasons, i.step, i.answered_by) for i in items] == [
         (["blocking_verdict"], "adapter", "critic/mistral_critic_v1@trained-1"),
         (["fallback"], "legacy", "heuristic:critic_rules")]
-    assert items[0].input == inp and items[0].output == CRITIC_REJECT and items[0].pool == "p"
+    assert items[0].input == {**inp, "claim_checks": [], "sentiment": None, "bias": None, "persuasion": None}
+    assert items[0].output == CRITIC_REJECT and items[0].pool == "p"  # the input as the contract writes it
     writer.close()

@@ -18,7 +18,7 @@ def test_default_database_is_a_sqlite_file_beside_the_store_and_migrated_by_alem
     hitl_store.enqueue(example_item())
     path = tmp_path / "store" / ".hitl" / "hitl.db"
     assert hitl_store.url == f"sqlite:///{path}" and path.is_file()
-    assert current_revision(hitl_store.engine) == head_revision() == "0001_review_queue"
+    assert current_revision(hitl_store.engine) == head_revision() == "0002_article_holds"
     tables = set(inspect(hitl_store.engine).get_table_names())
     assert {"hitl_items", "hitl_audit", "alembic_version"} <= tables
     assert hitl_store.migrate() == head_revision()  # idempotent
