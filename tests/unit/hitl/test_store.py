@@ -185,3 +185,23 @@ def test_concurrent_migrators_on_one_file_serialise(tmp_path):
     assert revs == [head_revision()] * 4
     for s in stores:
         s.close()
+
+
+def test_a_database_at_0001_with_items_upgrades_to_head(tmp_path):
+    from sqlalchemy import text
+
+    from hitl.db import migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path}/old.db")
+    assert migrate(engine, "0001_review_queue") == "0001_review_queue"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO hitl_items (agent, input, output, reasons, reason_tags, source, state, "
+                          "created_at, updated_at) VALUES ('critic', '{}', '{}', '[\"manual\"]', ',manual,', "
+                          "'manual', 'pending', '2026-11-29 10:00:00', '2026-11-29 10:00:00')"))
+    store = ReviewStore(engine=engine)
+    assert store.migrate() == head_revision() == "0002_article_holds"
+    [old] = store.list()
+    assert (old.agent, old.state, old.input_key) == ("critic", "pending", None)
+    assert store.decide(old.id, "alice", "reject").state == "rejected"
+    assert {"hitl_holds"} <= set(inspect(engine).get_table_names())
+    engine.dispose()
