@@ -145,3 +145,22 @@ def test_corrections_over_http_train_the_next_adapter_version(cluster, tmp_path,
               f"over HTTP, trained {train_s:.0f} s): corrected inputs {fit:.2f}, held-out inputs {held:.2f}")
     assert served_by == {f"{AGENT}/mistral_{AGENT}_v1@hitl-1"}
     assert fit >= 0.9
+
+
+def test_pipeline_answers_say_whether_review_holds_the_article(cluster):
+    article = {"id": "hitl-e2e-1", "title": "Council approves bridge",
+               "text": "The council approved a bridge on Monday. It costs 40 million euros.",
+               "evidence": ["The approved budget is 40 million euros."]}
+    with cluster.client() as client:
+        reply = client.post("/pipeline/article", json=article)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["held"] == bool(body["review"])
+        deadline = time.monotonic() + 30
+        status = client.get(f"/hitl/articles/{article['id']}").json()
+        while body["held"] and not all(s["item_id"] for s in status["steps"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = client.get(f"/hitl/articles/{article['id']}").json()
+    assert {s["step"] for s in status["steps"]} == set(body["review"])
+    assert status["held"] == body["held"]
+    assert all(s["item_id"] and s["state"] == "pending" for s in status["steps"])
