@@ -53,6 +53,7 @@ DISPATCHED_COMMANDS = {
     "defaults": "train + publish the embedded default's missing trained adapters (what scripts/run.sh does)",
     "synth": "write a synthetic train / held-out dataset for an agent",
     "canary": "canary rollouts of an adapter version: start, status, rollback, promote, gate",
+    "hitl": "human review queue: migrate, export decided items as training JSONL, list, stats",
 }
 
 
@@ -166,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     the rollout commands (``rollout.cli``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "hitl":
+        from hitl.cli import main as hitl_main
+
+        return hitl_main(argv[1:])
     if argv and argv[0] == "canary":
         from rollout.cli import main as canary_main
 

@@ -87,6 +87,9 @@ class AgentResponse(BaseModel):
     fallback: bool = Field(description="True when an earlier step failed and a later one answered.")
     failures: list[AgentFailure] = Field(default_factory=list, description="Steps that failed, in order.")
     usage: AgentUsage = Field(default_factory=AgentUsage, description="Token counts of the model calls made.")
+    unavailable_pools: list[str] = Field(default_factory=list, description="Base pools a model call found "
+                                         "unavailable (a dead replica) before it was answered elsewhere; the "
+                                         "ingress turns /healthz degraded on it at once.")
     latency_s: float = Field(ge=0, description="Seconds the agent spent on the request.")
 
 
@@ -215,11 +218,12 @@ class AgentServer:
         if strict:
             chain = chain[:1]
         usage = AgentUsage()
+        unavailable: set[str] = set()
         failures: list[AgentFailure] = []
         deadline = started + self.deadline_s
         for route in chain:
             try:
-                output, answered_by, pool = await self._bounded(route, inp, usage, deadline)
+                output, answered_by, pool = await self._bounded(route, inp, usage, deadline, unavailable)
             except Exception as exc:  # noqa: BLE001 - any failure of a step means: try the next one
                 if is_caller_error(exc):
                     self.metrics.done(self.name, getattr(exc, "error_type", "overloaded"), route.step,
@@ -234,6 +238,7 @@ class AgentServer:
             self.metrics.done(self.name, "ok", route.step, seconds, chain[0].step if failures else None)
             return AgentResponse(agent=self.name, output=output.model_dump(mode="json"), answered_by=answered_by,
                                  step=route.step, pool=pool, fallback=bool(failures), failures=failures, usage=usage,
+                                 unavailable_pools=sorted(unavailable),
                                  latency_s=round(seconds, 4))
         seconds = time.monotonic() - started
         tried = "; ".join(f"{f.route}: {f.reason}" for f in failures)
@@ -243,26 +248,27 @@ class AgentServer:
         self.metrics.done(self.name, "exhausted", "none", seconds)
         raise FallbackExhaustedError(f"agent {self.name!r}: every fallback step failed ({tried})")
 
-    async def _bounded(self, route: Route, inp: BaseModel, usage: AgentUsage,
-                       deadline: float) -> tuple[BaseModel, str, str | None]:
+    async def _bounded(self, route: Route, inp: BaseModel, usage: AgentUsage, deadline: float,
+                       unavailable: set[str] | None = None) -> tuple[BaseModel, str, str | None]:
         """Run a step within what is left of the request's deadline. The legacy step is local and quick, so it
         always runs: a request whose model steps used up the deadline is still answered."""
         if route.step == "legacy":
-            return await self._run(route, inp, usage)
+            return await self._run(route, inp, usage, unavailable)
         left = deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceededError(f"the agent's {self.deadline_s:g}s deadline passed before this step")
         budget = asyncio.timeout(left)  # in this task, unlike wait_for: the step pins its version at once
         try:
             async with budget:
-                return await self._run(route, inp, usage)
+                return await self._run(route, inp, usage, unavailable)
         except TimeoutError:
             if not budget.expired():  # a timeout of the step's own, not the deadline
                 raise
             raise DeadlineExceededError(f"no answer within the {left:.1f}s left of the agent's "
                                         f"{self.deadline_s:g}s deadline") from None
 
-    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage) -> tuple[BaseModel, str, str | None]:
+    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage,
+                   unavailable: set[str] | None = None) -> tuple[BaseModel, str, str | None]:
         if route.step == "legacy":
             if not route.model_id.startswith("heuristic:"):
                 raise NotImplementedError(f"legacy model {route.model_id!r} is not served by this project")
@@ -281,7 +287,7 @@ class AgentServer:
             task.add_done_callback(self._shadows.discard)
         started = time.monotonic()
         try:
-            output, reply = await self._call(choice.model_id, body, inp, usage)
+            output, reply = await self._call(choice.model_id, body, inp, usage, unavailable)
         except Exception as exc:
             if not is_caller_error(exc):
                 self._observe(choice, time.monotonic() - started, _outcome(exc))
@@ -291,8 +297,15 @@ class AgentServer:
         return output, answered_by, reply.get("pool")
 
     async def _call(self, model_id: str, body: dict[str, Any], inp: BaseModel,
-                    usage: AgentUsage | None) -> tuple[BaseModel, dict[str, Any]]:
-        reply = await self._llm(model_id, body)
+                    usage: AgentUsage | None, unavailable: set[str] | None = None) -> tuple[BaseModel, dict[str, Any]]:
+        try:
+            reply = await self._llm(model_id, body)
+        except Exception as exc:
+            if unavailable is not None:  # every pool of the route was down (PoolUnavailableError)
+                unavailable.update(getattr(exc, "pools", None) or ())
+            raise
+        if unavailable is not None:
+            unavailable.update(reply.get("unavailable_pools") or ())
         if usage is not None:
             usage.prompt_tokens += reply.get("prompt_tokens", 0)
             usage.completion_tokens += reply.get("completion_tokens", 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -24,6 +25,10 @@ from deployments.ingress_server import IngressServer, IngressSettings
 __all__ = ["IngressDeployment", "build_ingress"]
 
 log = logging.getLogger(__name__)
+
+STATUS_REFRESH_S = 0.5   # how often the ingress reads deployment statuses for /healthz
+STATUS_STALE_S = 15.0    # older than this, /healthz says the status is stale (degraded)
+DEATH_HOLD_S = 10.0      # a replica death callers saw keeps its pool degraded this long (or until Serve says so)
 
 
 @serve.ingress()
@@ -89,7 +94,10 @@ class IngressDeployment:
                 for n, r in zip(names, replies)}
 
     async def _answer(self, agent: str, body: dict[str, Any], strict: bool) -> dict[str, Any]:
-        return await self._agent_handles[agent].answer.remote(body, strict)
+        reply = await self._agent_handles[agent].answer.remote(body, strict)
+        for pool in reply.get("unavailable_pools") or ():  # a replica died under this request: /healthz now
+            self._deaths = {**getattr(self, "_deaths", {}), pool: time.time()}
+        return reply
 
     async def _canary_status(self) -> dict[str, Any]:
         return await self._canary_handle.status.remote()
@@ -101,6 +109,26 @@ class IngressDeployment:
                 for n, r in zip(names, replies)}
 
     async def _status(self) -> dict[str, str]:
+        """Each deployment's status as the Serve controller last reported it (read every ``STATUS_REFRESH_S``
+        by a background task, so /healthz answers at once however busy the controller is), with a pool whose
+        replica callers just found dead marked unhealthy before the controller notices."""
+        if getattr(self, "_status_tasks", None) is None:
+            self._status_cache: tuple[float, dict[str, str]] = (0.0, {"serve_status": "starting"})
+            self._deaths: dict[str, float] = getattr(self, "_deaths", {})
+            loop = asyncio.get_running_loop()
+            self._status_tasks = (loop.create_task(self._watch_status()), loop.create_task(self._watch_deaths()))
+            await asyncio.sleep(0)
+        read_at, status = self._status_cache
+        status = dict(status)
+        now = time.time()
+        for pool, died_at in self._deaths.items():
+            if status.get(pool) == "HEALTHY" and now - died_at < DEATH_HOLD_S:  # the controller has not noticed
+                status[pool] = f"UNHEALTHY: a replica died {now - died_at:.1f}s ago"
+        if read_at and time.monotonic() - read_at > STATUS_STALE_S:
+            status["serve_status"] = f"stale: last read {time.monotonic() - read_at:.0f}s ago"
+        return status
+
+    async def _watch_status(self) -> None:
         app = serve.get_replica_context().app_name
 
         def read() -> dict[str, str]:
@@ -108,11 +136,39 @@ class IngressDeployment:
             return {name: str(d.status.value if hasattr(d.status, "value") else d.status)
                     for name, d in (status.deployments.items() if status else [])}
 
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(read), timeout=10)
-        except Exception as exc:  # noqa: BLE001 - health must answer; say what could not be read
-            log.warning("could not read serve status: %s", exc)
-            return {"serve_status": f"unavailable: {type(exc).__name__}"}
+        while True:
+            try:
+                self._status_cache = (time.monotonic(), await asyncio.wait_for(asyncio.to_thread(read), timeout=10))
+            except Exception as exc:  # noqa: BLE001 - health must answer; say what could not be read
+                log.warning("could not read serve status: %s", exc)
+                self._status_cache = (time.monotonic(), {"serve_status": f"unavailable: {type(exc).__name__}"})
+            await asyncio.sleep(STATUS_REFRESH_S)
+
+    async def _watch_deaths(self) -> None:
+        while True:
+            try:
+                polled = await self._recent_replica_deaths()
+                self._deaths = {p: max(t, self._deaths.get(p, 0.0)) for p, t in {**self._deaths, **polled}.items()}
+            except Exception:  # noqa: BLE001 - the controller's view still applies
+                log.exception("reading the agents' pool routes failed")
+            await asyncio.sleep(STATUS_REFRESH_S)
+
+    async def _recent_replica_deaths(self) -> dict[str, float]:
+        """Pool -> when (wall clock) a caller last found one of its replicas dead.
+
+        Callers see a dead replica at once (its in-flight requests fail); the controller notices at its next
+        health check, seconds later under load. Until it does, this is what turns /healthz degraded.
+        """
+        routers = [r.stats() for r in [*self._routers.values(), self._default_router]]
+        llm_agents = [n for n in self._agent_handles if n in self._routers]
+        replies = await asyncio.gather(*(asyncio.wait_for(self._agent_handles[n].stats.remote(), timeout=2)
+                                         for n in llm_agents), return_exceptions=True)
+        routers += [r.get("pools", {}) for r in replies if isinstance(r, dict)]
+        out: dict[str, float] = {}
+        for stats in routers:
+            for pool, at in (stats.get("last_unavailable_at") or {}).items():
+                out[pool] = max(out.get(pool, 0.0), at)
+        return out
 
 
 def _serve_http_host() -> str | None:

@@ -11,6 +11,7 @@ pool its agent may not use, so a never-quantised agent cannot reach an int8 pool
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -27,7 +28,11 @@ _UNAVAILABLE = {"ActorDiedError", "ActorUnavailableError", "RayActorError", "Dep
 
 
 class PoolUnavailableError(RuntimeError):
-    """Every pool of a route was unavailable (the message names each one and why)."""
+    """Every pool of a route was unavailable (the message names each one and why; ``pools`` lists them)."""
+
+    def __init__(self, message: str, pools: Sequence[str] = ()):
+        super().__init__(message)
+        self.pools = list(pools)
 
 
 def is_pool_unavailable(exc: BaseException) -> bool:
@@ -60,6 +65,7 @@ class PoolRouter:
         self.answered: Counter[str] = Counter()
         self.unavailable: Counter[str] = Counter()
         self.retried: Counter[str] = Counter()
+        self.last_unavailable_at: dict[str, float] = {}  # wall clock, per pool: /healthz holds it degraded
 
     @property
     def pools(self) -> list[str]:
@@ -83,6 +89,7 @@ class PoolRouter:
                         raise
                     last = position == len(self.route) - 1 and attempt == self.retries_per_pool
                     self.unavailable[name] += 1
+                    self.last_unavailable_at[name] = time.time()
                     why.append(f"{name}: {type(exc).__name__}")
                     log.warning("pool %s unavailable (%s); %s", name, type(exc).__name__, "none left" if last else
                                 "retrying it" if attempt < self.retries_per_pool else "trying the next pool")
@@ -90,10 +97,13 @@ class PoolRouter:
                         self.retried[name] += 1
                     continue
                 self.answered[name] += 1
-                return {**reply, "pool": name}
-        raise PoolUnavailableError(f"no pool of the route {self.pools} is available ({'; '.join(why)})")
+                out = {**reply, "pool": name}
+                if why:
+                    out["unavailable_pools"] = sorted({w.split(":", 1)[0] for w in why})
+                return out
+        raise PoolUnavailableError(f"no pool of the route {self.pools} is available ({'; '.join(why)})", self.pools)
 
     def stats(self) -> dict[str, Any]:
         """The route and, per pool, calls answered and times found unavailable."""
         return {"route": self.pools, "answered": dict(self.answered), "unavailable": dict(self.unavailable),
-                "retried": dict(self.retried)}
+                "retried": dict(self.retried), "last_unavailable_at": dict(self.last_unavailable_at)}

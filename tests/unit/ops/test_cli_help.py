@@ -10,7 +10,7 @@ import pytest
 
 from cluster.cli import DISPATCHED_COMMANDS, TRAINING_COMMANDS, build_parser, main
 
-EVERY_COMMAND = ("plan", "switch-base", "preflight", "kuberay", "launcher", "train", "eval-adapter", "defaults", "synth", "canary")
+EVERY_COMMAND = ("plan", "switch-base", "preflight", "kuberay", "launcher", "train", "eval-adapter", "defaults", "synth", "canary", "hitl")
 
 
 def _help(capsys, argv: list[str]) -> str:
@@ -37,7 +37,7 @@ def test_the_dispatched_commands_are_the_training_and_rollout_parsers():
 
     sub = next(a for a in training_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     assert set(sub.choices) == set(TRAINING_COMMANDS)
-    assert set(DISPATCHED_COMMANDS) == set(TRAINING_COMMANDS) | {"canary"}
+    assert set(DISPATCHED_COMMANDS) == set(TRAINING_COMMANDS) | {"canary", "hitl"}
     assert set(EVERY_COMMAND) <= _choices()
 
 
