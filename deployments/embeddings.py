@@ -98,7 +98,7 @@ class EmbeddingServer:
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the model reads for ``texts`` (special tokens included, each cut at the model's max_seq_length)."""
-        encoded = self._model.tokenize(texts)
+        encoded = (getattr(self._model, "preprocess", None) or self._model.tokenize)(texts)  # preprocess: ST >= 5.2
         return int(encoded["attention_mask"].sum())
 
     def embed_sync(self, body: dict | EmbedRequest) -> EmbedResponse:

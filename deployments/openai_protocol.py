@@ -84,7 +84,14 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``; ``model`` is an agent name, ``base`` or ``base:<adapter ref>``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"model": "critic", "messages": [{"role": "user", "content": "Is this headline fair: 'Bridge costs soar'?"}],
+         "max_tokens": 32},
+        {"model": "base", "messages": [{"role": "user", "content": "Rate the tone."}], "max_tokens": 24,
+         "response_format": {"type": "json_schema", "json_schema": {"name": "tone", "schema": {
+             "type": "object", "properties": {"negative": {"type": "boolean"}}, "required": ["negative"]}}}},
+        {"model": "base:analyst/mistral_analyst_v1@current", "messages": [{"role": "user", "content": "Hello"}],
+         "max_tokens": 8, "stream": True, "stream_options": {"include_usage": True}}]})
 
     model: str = Field(min_length=1, max_length=200, description="Agent name, 'base', or 'base:<agent>/<adapter>@<version>'.")
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=LIMITS.max_messages, description="The conversation.")
@@ -204,7 +211,9 @@ class EmbeddingRequest(BaseModel):
     are the embeddings deployment's ``max_texts`` and ``max_chars`` (413 beyond).
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"model": "scout", "input": ["The council approved a bridge.", "The club won on Sunday."]},
+        {"model": "memory", "input": "Bridge budget criticised.", "encoding_format": "base64"}]})
 
     model: str = Field(min_length=1, max_length=200, description="'scout', 'memory' or the embeddings model name.")
     input: str | list[str] = Field(description="A text, or a list of texts, to embed (strings only).")
