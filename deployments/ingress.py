@@ -45,24 +45,36 @@ class IngressDeployment:
         agents: agent name -> agent deployment handle.
         embedding_model: the embeddings model name, listed by ``/v1/models``.
         canary: the canary controller handle (``GET /canary``), or None.
+        embeddings: the embeddings deployment handle (``/v1/embeddings``), or None.
     """
 
     def __init__(self, settings: dict[str, Any], map_path: str | None, store_root: str, pools: dict[str, Any],
                  routes: dict[str, list[str]], agents: dict[str, Any], embedding_model: str | None = None,
-                 canary: Any = None):
+                 canary: Any = None, embeddings: Any = None):
         from modelstore import ModelStore
+        from deployments.openai_api import store_pin
+        from rollout import CanaryRouter
 
         self._pool_handles, self._agent_handles, self._canary_handle = pools, agents, canary
+        self._embed_handle = embeddings
+        store = ModelStore(store_root)
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside a replica (tests): any stable name will do
+            replica = f"local-{id(self):x}"
         self._routers = {agent: PoolRouter([(p, self._caller(pools[p])) for p in route])
                          for agent, route in routes.items()}
         first = next(iter(pools))
         self._default_router = PoolRouter([(first, self._caller(pools[first]))] +
                                           [(p, self._caller(h)) for p, h in pools.items() if p != first])
         self._server = IngressServer(
-            IngressSettings.model_validate(settings), load_agent_map(map_path), ModelStore(store_root),
+            IngressSettings.model_validate(settings), load_agent_map(map_path), store,
             llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
             agent_stats=self._agent_stats, canary_status=self._canary_status if canary is not None else None,
-            http_host=_serve_http_host(), pool_stats=self._pool_stats)
+            http_host=_serve_http_host(), pool_stats=self._pool_stats,
+            # Chat completions pin '@current' and take the canary split as the agents' adapter steps do.
+            embed=self._embed if embeddings is not None else None, pin=store_pin(store),
+            canary=CanaryRouter(store.root, f"ingress-{replica}"))
         from deployments.hitl_metrics import ingress_service
 
         self._hitl = ingress_service(store_root, self._server.served_agents)  # /hitl: review queue and pages
@@ -92,6 +104,15 @@ class IngressDeployment:
         return {n: ({k: r.get(k) for k in keep} if not isinstance(r, BaseException)
                     else {"error": (str(r).splitlines() or [type(r).__name__])[0]})
                 for n, r in zip(names, replies)}
+
+    async def _embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._embed_handle.embed.remote(body)
+
+    def __del__(self) -> None:
+        """On shutdown: write out the chat completions' canary observations not yet flushed."""
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.flush()
 
     async def _answer(self, agent: str, body: dict[str, Any], strict: bool) -> dict[str, Any]:
         reply = await self._agent_handles[agent].answer.remote(body, strict)
@@ -184,12 +205,13 @@ def _serve_http_host() -> str | None:
 
 def build_ingress(settings: IngressSettings | dict | None, *, map_path: str | None, store_root: str,
                   pools: dict[str, Application], routes: dict[str, list[str]], agents: dict[str, Application],
-                  embedding_model: str | None = None, canary: Application | None = None) -> Application:
-    """Bind the ingress to the base pools, agent and canary controller applications."""
+                  embedding_model: str | None = None, canary: Application | None = None,
+                  embeddings: Application | None = None) -> Application:
+    """Bind the ingress to the base pools, agent, canary controller and embeddings applications."""
     settings = IngressSettings.model_validate(settings or {})
     deployment = serve.deployment(
         IngressDeployment, name="Ingress", num_replicas=settings.num_replicas,
         # Serve must let requests through to the ingress' own limit, which answers 503 with a JSON body.
         max_ongoing_requests=settings.max_in_flight + 16, ray_actor_options=settings.ray_actor_options)
     return deployment.bind(settings.model_dump(), map_path, store_root, pools, routes, agents, embedding_model,
-                           canary)
+                           canary, embeddings)
