@@ -1,8 +1,8 @@
 """Domain errors of the agent graph.
 
 Each error carries the offending names as attributes so the ingress can map it to an HTTP status
-(``UnknownAgent`` -> 404, ``InvalidAgentInput`` -> 400, ``ContractError`` / ``FallbackExhausted`` -> 502 or
-503) with a JSON body that says what was wrong, and the message alone is enough for an operator.
+(``UnknownAgent`` -> 404, ``InvalidAgentInput`` -> 400; a ``ContractError`` fails a fallback step, and the
+serving layer's ``FallbackExhaustedError`` is 502) with a JSON body that says what was wrong, and the message alone is enough for an operator.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ __all__ = [
     "UnknownAgent",
     "InvalidAgentInput",
     "ContractError",
-    "FallbackExhausted",
 ]
 
 
@@ -101,18 +100,3 @@ class ContractError(AgentGraphError, ValueError):
         self.reason = reason
         shown = text if len(text) <= 300 else text[:300] + "..."
         super().__init__(f"agent {agent!r}: reply breaks the output contract: {reason}; reply was {shown!r}")
-
-
-class FallbackExhausted(AgentGraphError, RuntimeError):
-    """Every step of an agent's fallback chain failed.
-
-    Attributes:
-        agent: the agent.
-        attempts: ``(route, reason)`` for each step tried, in order.
-    """
-
-    def __init__(self, agent: str, attempts: list[tuple[str, str]]):
-        self.agent = agent
-        self.attempts = list(attempts)
-        tried = "; ".join(f"{route}: {reason}" for route, reason in self.attempts) or "no step was configured"
-        super().__init__(f"agent {agent!r}: every fallback step failed ({tried})")

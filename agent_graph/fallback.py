@@ -1,24 +1,23 @@
-"""Walking an agent's fallback chain: adapter, then the bare base, then the legacy last resort.
+"""An agent's fallback chain as data: adapter, then the bare base, then the legacy last resort.
 
-The chain comes from the agent map; running a model is injected (``execute``), so this module has no
-serving code and tests drive it with fakes. A step fails on any exception or on a reply that breaks
-the contract; the next step is tried and every failure is kept for the caller and the logs.
+:func:`routes` turns the map's chain into concrete steps and :func:`generation_request` builds a model
+step's request; :class:`Answer` records who answered. The one walker of the chain is
+:class:`deployments.agent_server.AgentServer` (async, with deadlines, pools and canaries); this module has
+no serving code.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .contracts import AgentSpec, get_spec
-from .errors import FallbackExhausted
-from .heuristics import run_heuristic
+from .contracts import AgentSpec
 from .schema import AgentEntry, AgentMap
 
-__all__ = ["Route", "Answer", "Execute", "routes", "generation_request", "answer"]
+__all__ = ["Route", "Answer", "routes", "generation_request"]
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,6 @@ class Answer:
         return self.route.model_id
 
 
-# execute(route, spec, input, entry) -> reply text (parsed under the contract) or an output instance.
-Execute = Callable[[Route, AgentSpec, BaseModel, AgentEntry], Any]
-
-
 def routes(agent_map: AgentMap, agent: str, task: str | None = None) -> list[Route]:
     """The agent's fallback chain as concrete routes, in order; ``task`` picks a task adapter."""
     entry = agent_map.entry(agent)
@@ -96,37 +91,3 @@ def generation_request(spec: AgentSpec, inp: BaseModel, entry: AgentEntry) -> di
     """
     return {"messages": spec.build_messages(inp), "json_schema": spec.json_schema(inp),
             "max_new_tokens": entry.max_new_tokens, "temperature": entry.temperature}
-
-
-def answer(agent_map: AgentMap, agent: str, inp: Any, execute: Execute) -> Answer:
-    """Answer ``inp`` with the first step of the agent's chain that yields a valid output.
-
-    Args:
-        agent_map: the loaded map.
-        agent: agent name.
-        inp: the input (model instance, dict or JSON text); validated first.
-        execute: runs a model route (heuristic routes run here, without it).
-
-    Raises:
-        UnknownAgent: no such agent.
-        InvalidAgentInput: ``inp`` does not validate (the caller's mistake; no step is tried).
-        FallbackExhausted: every step failed; lists each failure.
-    """
-    spec = get_spec(agent)
-    entry = agent_map.entry(agent)
-    inp = spec.load_input(inp)
-    failures: list[tuple[str, str]] = []
-    for route in routes(agent_map, agent, spec.task_of(inp)):
-        try:
-            if route.step == "legacy" and route.model_id.startswith("heuristic:"):
-                output = spec.validate_output(run_heuristic(route.model_id.split(":", 1)[1], inp), inp)
-            else:
-                reply = execute(route, spec, inp, entry)
-                output = spec.parse(reply, inp) if isinstance(reply, str) else spec.validate_output(reply, inp)
-        except Exception as exc:  # noqa: BLE001 - any failure of a step means: try the next one
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("agent %s: %s failed, falling back: %s", agent, route, reason)
-            failures.append((str(route), reason))
-            continue
-        return Answer(agent, output, route, tuple(failures))
-    raise FallbackExhausted(agent, failures)

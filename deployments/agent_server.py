@@ -6,9 +6,9 @@ BaseLLM, then the bare base, then the legacy last resort (a local heuristic). Em
 memory) walk ``base`` (the sentence-transformers deployment) then ``legacy``. Model calls are injected as
 async callables, so tests drive the class with fakes and ``deployments/agent.py`` passes Serve handles.
 
-The walk differs from :func:`agent_graph.fallback.answer` in three ways that only matter when serving:
-it is async, a caller's mistake (bad input, a prompt over the engine limit) or an overloaded BaseLLM stops
-it at once instead of being "answered" by a later step, and strict mode tries the first step only.
+This is the one walker of an agent's chain (``agent_graph.fallback`` holds the chain as data). A caller's
+mistake (bad input, a prompt over the engine limit) or an overloaded base stops it at once instead of being
+"answered" by a later step, strict mode tries the first step only, and every request has a deadline.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agent_graph import (NEWSROOM, Article, ContractError, PipelineResult, answer, get_spec, load_agent_map,
+from agent_graph import (NEWSROOM, Answer, Article, ContractError, PipelineResult, get_spec, load_agent_map, routes,
                          run_heuristic)
 from agent_graph.heuristics import HEURISTICS
 from agent_graph.pipeline import arun_pipeline, claims_of, run_pipeline
@@ -86,12 +86,13 @@ def test_result_records_who_answered_and_round_trips():
     agent_map = load_agent_map()
 
     def call(agent, inp):
-        def execute(route, spec, inp, entry):
-            if route.step != "base" or spec.kind != "llm":
-                raise RuntimeError(f"{route} offline")
-            return run_heuristic(agent_map.legacy[agent].target, inp)  # the "base" answers via a stand-in
-
-        return answer(agent_map, agent, inp, execute)
+        # Who answered travels with the output: the bare base for llm agents (a stand-in produces the
+        # output here), the legacy heuristic for the others, as AgentServer would report it.
+        spec = get_spec(agent)
+        output = spec.validate_output(run_heuristic(agent_map.legacy[agent].target, inp), inp)
+        chain = routes(agent_map, agent, spec.task_of(inp))
+        route = next(r for r in chain if r.step == ("base" if spec.kind == "llm" else "legacy"))
+        return Answer(agent, output, route)
 
     result = run_pipeline(ARTICLE.model_dump(), call)
     by = {r.step: r.answered_by for r in result.steps}
