@@ -57,7 +57,9 @@ def content_tokens(text: str) -> list[str]:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
+    # Whitespace-only input (" ", a non-breaking space) would clip to "", which no contract field accepts:
+    # the last resort must still answer, so it says the text was empty.
+    text = " ".join(text.split()) or "(empty)"
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 

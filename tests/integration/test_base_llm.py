@@ -154,7 +154,8 @@ def test_http_with_multiplexed_model_id_header(llm_app):
         cases = [
             (dict(content=b"{not json"), {}, 400, "invalid_request"),
             (dict(json={"max_new_tokens": 2}), {}, 400, "invalid_request"),
-            (dict(json={"prompt": "x", "max_new_tokens": 100_000}), {}, 413, "request_too_large"),
+            (dict(json={"prompt": "x", "max_new_tokens": 1_000}), {}, 413, "request_too_large"),  # > engine's 512
+            (dict(json={"prompt": "x", "max_new_tokens": 100_000}), {}, 400, "invalid_request"),  # admission limit
             (dict(json=body), {"serve_multiplexed_model_id": "critic/nope@v1"}, 404, "adapter_not_found"),
         ]
         for kwargs, headers, status, error_type in cases:

@@ -62,11 +62,8 @@ def test_hitl_numbers_out_of_range_are_400_not_503(hitl, method, path, params):
     assert reply.json()["error"]["type"] == "invalid_request"
 
 
-@pytest.mark.xfail(strict=True, reason="agent_graph (not this change's to edit): the legacy heuristics clip a "
-                   "whitespace-only field to '' where the output needs >= 1 character (reasoning's premise_chain: "
-                   "ReasoningStep.claim; synthesizer's extractive_lead: headline from a title of ' ' or NBSP), so "
-                   "a request whose model steps failed answers 502 fallback_exhausted; on the e2e cluster "
-                   "reasoning's model steps always fail (budget cut on purpose)")
+# Found by schemathesis: a whitespace-only field clipped to "" by the legacy heuristic (reasoning's premise,
+# synthesizer's title) broke the contract, so a request whose model steps failed answered 502.
 @pytest.mark.parametrize("agent, body", [
     ("reasoning", {"question": "q", "premises": [" "]}),
     ("synthesizer", {"task": "summary", "articles": [{"title": "\u00a0", "text": "x"}]}),
