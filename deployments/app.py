@@ -16,7 +16,7 @@ lets it use). The placement is one source of truth for every pool, whichever way
    the builder logs why and places the pools on defaults), any other value is an inventory file or a
    bundled name (its errors stop the build), ``inventory: none`` places the pools on defaults.
 
-Each pool's BaseLLM settings, in order of precedence (later wins): :class:`~deployments.settings.
+Each pool's BaseLLM settings, in order of precedence (later wins): :class:`~deployments.base_llm.settings.
 BaseLLMSettings` defaults; the placement (variant, planned device and budget, Serve options, runtime
 config, preloaded adapters); ``llm`` args (every pool); ``pools.<name>`` args (that pool). An explicit
 ``num_replicas`` turns the plan's autoscaling off.
@@ -32,12 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
 
 from cluster.placement import AppPlacement
-from deployments.agent import AgentDeploymentSettings, build_agent
-from deployments.canary_controller import CanarySettings, build_canary_controller
-from deployments.embeddings import EmbeddingSettings, build_embeddings
-from deployments.ingress import build_ingress
-from deployments.ingress_server import IngressSettings
-from deployments.settings import BaseLLMSettings, unflatten_args
+from deployments.agent.deployment import AgentDeploymentSettings, build_agent
+from deployments.canary.deployment import CanarySettings, build_canary_controller
+from deployments.embeddings.deployment import build_embeddings
+from deployments.embeddings.server import EmbeddingSettings
+from deployments.ingress.deployment import build_ingress
+from deployments.ingress.server import IngressSettings
+from deployments.base_llm.settings import BaseLLMSettings, unflatten_args
 
 __all__ = ["AppSettings", "AppBuildError", "build_app", "plan_placement", "pool_settings"]
 
@@ -194,7 +195,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     settings = AppSettings.model_validate(unflatten_args(dict(args or {})))
     store, agent_map, base_ref = _check_store(settings)
     placement = plan_placement(settings, store, agent_map)
-    from deployments.base_llm import build_base_llm
+    from deployments.base_llm.deployment import build_base_llm
 
     pools: dict[str, Application] = {}
     for name in placement.pools:

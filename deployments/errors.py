@@ -6,8 +6,10 @@ caller as a ``RayTaskError`` that is also an instance of the original class, so
 ``except AdapterNotFoundError`` works across the handle. Every constructor takes one message string,
 which keeps the exceptions picklable.
 
-:func:`to_serve_error` converts ModelStore and engine errors at the edge of the replica;
-:func:`error_body` is the JSON body the HTTP paths return.
+This module is the one error hierarchy of ``deployments/`` and :func:`to_serve_error` the one mapping from
+any exception (ModelStore, engine, agent graph, pydantic, Ray's back-pressure) to the error a caller sees;
+:func:`error_body` is its JSON body, and ``deployments.ingress.http_errors`` only turns that into HTTP
+responses (headers, FastAPI handlers). The engine's and the store's errors know nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -25,7 +27,19 @@ __all__ = [
     "AdapterLoadFailedError",
     "OverloadedError",
     "InternalError",
+    "UnauthorizedError",
+    "ForbiddenError",
+    "ModelNotFoundError",
+    "NotServedError",
+    "UnknownAgentError",
+    "AgentUnavailableError",
+    "FallbackExhaustedError",
+    "ReviewConflictError",
+    "ReviewItemNotFoundError",
+    "ReviewQueueUnavailableError",
+    "CsrfError",
     "to_serve_error",
+    "validation_summary",
     "error_body",
 ]
 
@@ -102,8 +116,95 @@ class InternalError(ServeError):
     error_type = "internal_error"
 
 
+class UnauthorizedError(ServeError):
+    """A bearer token is configured and the request lacks it or sends another one (401)."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+
+class ForbiddenError(ServeError):
+    """The bearer token is valid but not for this route: an API token on an admin route (403)."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
+class CsrfError(ServeError):
+    """A reviewer's form post without the session's CSRF token (403)."""
+
+    status_code = 403
+    error_type = "csrf_failed"
+
+
+class ModelNotFoundError(ServeError, LookupError):
+    """``model`` of an OpenAI request names no agent, base or adapter (404)."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
+class NotServedError(ServeError, LookupError):
+    """The route's component is not part of this application (404)."""
+
+    status_code = 404
+    error_type = "not_served"
+
+
+class UnknownAgentError(ServeError, LookupError):
+    """``/agents/{agent}`` names no served agent (404)."""
+
+    status_code = 404
+    error_type = "unknown_agent"
+
+
+class AgentUnavailableError(ServeError):
+    """Strict mode: the agent's first step failed and falling back is forbidden (503)."""
+
+    status_code = 503
+    error_type = "agent_unavailable"
+
+
+class FallbackExhaustedError(ServeError):
+    """Every step of the agent's fallback chain failed (502: the models behind the agent misbehaved)."""
+
+    status_code = 502
+    error_type = "fallback_exhausted"
+
+
+class ReviewConflictError(ServeError):
+    """Another reviewer holds the item's claim, or it is already decided (409)."""
+
+    status_code = 409
+    error_type = "review_conflict"
+
+
+class ReviewItemNotFoundError(ServeError, LookupError):
+    """No review item of that id (404)."""
+
+    status_code = 404
+    error_type = "review_item_not_found"
+
+
+class ReviewQueueUnavailableError(ServeError):
+    """The review database cannot be reached (503); agents keep answering."""
+
+    status_code = 503
+    error_type = "review_queue_unavailable"
+
+
+def validation_summary(errors: list[dict[str, Any]], limit: int = 5) -> str:
+    """``field: problem; field: problem`` for the first ``limit`` pydantic/FastAPI errors."""
+    parts = []
+    for err in errors[:limit]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    more = len(errors) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def to_serve_error(exc: BaseException) -> ServeError:
-    """Map a ModelStore or engine exception to the Serve error a caller should see.
+    """Map any exception to the Serve error a caller should see (the one mapping of ``deployments/``).
 
     Args:
         exc: any exception raised while serving a request.
@@ -114,7 +215,17 @@ def to_serve_error(exc: BaseException) -> ServeError:
     """
     if isinstance(exc, ServeError):
         return exc
+    cause = getattr(exc, "cause", None)  # a RayTaskError wrapping a downstream replica's error keeps its class
+    if isinstance(cause, ServeError):
+        return cause
+    if type(exc).__name__ == "BackPressureError":  # ray.serve.exceptions: a downstream queue is full
+        return OverloadedError(f"a downstream deployment is at its queue limit: {exc}")
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return InvalidRequestError(validation_summary(exc.errors()))
     # Imported here so this module stays importable without torch (the engine pulls it in).
+    from agent_graph import errors as graph_errors
     from modelstore import errors as store_errors
 
     from deployments.engine import errors as engine_errors
@@ -135,6 +246,8 @@ def to_serve_error(exc: BaseException) -> ServeError:
         (engine_errors.AdapterLoadError, AdapterLoadFailedError),
         (engine_errors.TooManyAdapters, OverloadedError),
         (engine_errors.AdapterNotLoaded, OverloadedError),
+        (graph_errors.UnknownAgent, UnknownAgentError),
+        (graph_errors.InvalidAgentInput, InvalidRequestError),
     ]
     for source, target in table:
         if isinstance(exc, source):

@@ -3,7 +3,7 @@
 A request that breaks a limit is refused at the edge it arrives at (the ingress for ``/v1/chat/completions``,
 the BaseLLM replica for handle and agent calls) before it is tokenized, compiled or queued, with a 400 (or a
 413 for sizes) whose message names the field, the value and the limit. The protocol models
-(``deployments/protocol.py``, ``deployments/openai_protocol.py``, ``deployments/engine/params.py``) take their
+(``deployments/base_llm/protocol.py``, ``deployments/ingress/openai_protocol.py``, ``deployments/engine/params.py``) take their
 bounds from :data:`LIMITS`; JSON schemas are checked by :func:`check_json_schema`. An operator changes a
 limit with ``JUSTNEWS_ADMISSION_LIMITS='{"max_schema_depth": 16}'`` in every process's environment.
 

@@ -6,7 +6,7 @@
   the human-in-the-loop JSON API): the admin token (``$JUSTNEWS_ADMIN_TOKEN``) only; the API token gets 403. Where
   no admin token is set (allowed on loopback only) the API token stands in for it.
 * **reviewer** -- the reviewers' pages (``/hitl/``, ``/hitl/login``, ``/hitl/logout``, ``/hitl/review/...``): no
-  bearer token (a browser sends none); :mod:`deployments.hitl_routes` checks the reviewer's own session cookie
+  bearer token (a browser sends none); :mod:`deployments.review.routes` checks the reviewer's own session cookie
   and each form's CSRF token instead.
 
 With neither token set every route is open, which the ingress accepts only while Serve's HTTP proxy binds a
@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping
 
-from deployments.http_errors import ForbiddenError, UnauthorizedError
+from deployments.errors import ForbiddenError, UnauthorizedError
 
 __all__ = ["Scope", "ADMIN_PATH_PREFIXES", "REVIEWER_PATHS", "MIN_TOKEN_CHARS", "InsecureBindingError", "TokenGuard", "is_loopback",
            "scope_of"]

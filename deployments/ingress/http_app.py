@@ -1,13 +1,13 @@
 """The FastAPI app of the ingress: routes, typed per-agent bodies, guards and JSON errors.
 
-Routes (behind the bearer tokens of :mod:`deployments.ingress_auth` when any is set; ``/stats``, ``/canary`` and
+Routes (behind the bearer tokens of :mod:`deployments.ingress.auth` when any is set; ``/stats``, ``/canary`` and
 ``/hitl/...`` need the admin token):
 
 * ``POST /agents/{agent}``: the agent's input model in, ``AgentResponse`` with its output model out;
   ``?strict=true`` forbids falling back for this request.
 * ``POST /pipeline/article``: an ``Article`` through the newsroom pipeline.
 * ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/embeddings``: OpenAI-compatible (see
-  :mod:`deployments.openai_api`).
+  :mod:`deployments.ingress.openai_api`).
 * ``GET /healthz``: every deployment's status; ``GET /stats``: request and fallback totals.
 
 Each agent gets its own route (``/agents/critic``...) so OpenAPI shows its typed request and response;
@@ -24,11 +24,11 @@ from pydantic import create_model
 from starlette.responses import JSONResponse, StreamingResponse
 
 from agent_graph import Article, get_spec
-from deployments.agent_server import AgentResponse
-from deployments.http_errors import error_response, install_error_handlers
-from deployments.ingress_server import IngressServer, PipelineResponse
-from deployments.openai_api import completion_response, sse_events
-from deployments.openai_protocol import (ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+from deployments.agent.server import AgentResponse
+from deployments.ingress.http_errors import error_response, install_error_handlers
+from deployments.ingress.server import IngressServer, PipelineResponse
+from deployments.ingress.openai_api import completion_response, sse_events
+from deployments.ingress.openai_protocol import (ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
                                          EmbeddingResponse, ModelList)
 
 __all__ = ["build_http_app", "agent_response_model"]
@@ -73,7 +73,7 @@ def build_http_app(server: IngressServer) -> FastAPI:
     app = FastAPI(title="JustNews Serve", version="0.1.0",
                   description="Newsroom agents on one shared base model with per-agent LoRA adapters.")
     install_error_handlers(app, server.settings.retry_after_s)
-    app.state.ingress = server  # routes installed later (deployments.hitl_routes.install_hitl) reach the server
+    app.state.ingress = server  # routes installed later (deployments.review.routes.install_hitl) reach the server
 
     @app.middleware("http")
     async def guards(request: Request, call_next):  # noqa: ANN001 - Starlette's signature

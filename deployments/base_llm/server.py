@@ -15,28 +15,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from deployments.adapters import AdapterHandle, AdapterPool
-from deployments.batcher import BatcherClosed, BatchRecord, MixedBatcher
+from deployments.base_llm.adapters import AdapterHandle, AdapterPool
+from deployments.base_llm.batcher import BatcherClosed, BatchRecord, MixedBatcher
 from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
-from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error
+from deployments.errors import (InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error,
+                                validation_summary)
 from deployments.limits import check_json_schema, check_prompt
-from deployments.loaded import LoadedReport
-from deployments.metrics import BASE_TAG, LLMMetrics
-from deployments.protocol import GenerateRequest, GenerateResponse
-from deployments.settings import BaseLLMSettings, RuntimeConfig, check_runtime_fits, resolve_device
+from deployments.base_llm.loaded import LoadedReport
+from deployments.base_llm.metrics import BASE_TAG, LLMMetrics
+from deployments.base_llm.protocol import GenerateRequest, GenerateResponse
+from deployments.base_llm.settings import BaseLLMSettings, RuntimeConfig, check_runtime_fits, resolve_device
 
-__all__ = ["BaseLLMServer", "validation_message"]
+__all__ = ["BaseLLMServer"]
 
 log = logging.getLogger(__name__)
-
-
-def validation_message(exc: ValidationError) -> str:
-    """A one-line summary of a pydantic error: ``field: problem; field: problem``."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 class BaseLLMServer:
@@ -180,7 +172,7 @@ class BaseLLMServer:
     @staticmethod
     def _serve_error(exc: Exception):
         if isinstance(exc, ValidationError):
-            return InvalidRequestError(validation_message(exc))
+            return InvalidRequestError(validation_summary(exc.errors()))
         if isinstance(exc, BatcherClosed):
             return OverloadedError(str(exc))
         return to_serve_error(exc)

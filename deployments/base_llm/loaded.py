@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.settings import BaseLLMSettings, PlannedLoad
+from deployments.base_llm.settings import BaseLLMSettings, PlannedLoad
 
 __all__ = ["LoadedReport"]
 

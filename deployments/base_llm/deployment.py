@@ -1,4 +1,4 @@
-"""The BaseLLM Serve deployment: thin wiring around :class:`~deployments.server.BaseLLMServer`.
+"""The BaseLLM Serve deployment: thin wiring around :class:`~deployments.base_llm.server.BaseLLMServer`.
 
 Adapters are Serve multiplexed models: a caller picks one with
 ``handle.options(multiplexed_model_id="<agent>/<adapter>@<version>")`` or the HTTP header
@@ -6,7 +6,7 @@ Adapters are Serve multiplexed models: a caller picks one with
 id to replicas that already hold it, and each replica's multiplexing LRU (size from the runtime config)
 evicts and unloads the least recently used adapter.
 
-Batching is the replica's own (:mod:`deployments.batcher`), not ``@serve.batch``: Ray 2.60 splits a
+Batching is the replica's own (:mod:`deployments.base_llm.batcher`), not ``@serve.batch``: Ray 2.60 splits a
 ``@serve.batch`` batch into one sub-batch per multiplexed model id, which would keep every adapter in
 its own forward pass. The model id is read with ``serve.get_multiplexed_model_id()`` and resolved to an
 adapter handle before the request enters the batcher, so the batcher never needs the request context.
@@ -14,7 +14,7 @@ adapter handle before the request enters the batcher, so the batcher never needs
 ``build_base_llm(settings)`` applies ``serve.deployment`` and ``serve.multiplexed`` in one place;
 ``app_builder(args)`` is the import path for ``serve run`` and ``serve_config.yaml``::
 
-    serve run deployments.base_llm:app_builder store_root=/srv/model_store runtime.max_batch_size=16
+    serve run deployments.base_llm.deployment:app_builder store_root=/srv/model_store runtime.max_batch_size=16
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.adapters import AdapterHandle
+from deployments.base_llm.adapters import AdapterHandle
 from deployments.errors import AdapterNotFoundError, InternalError, InvalidRequestError, ServeError, error_body
-from deployments.protocol import BASE_MODEL_IDS
-from deployments.replica_budget import ReplicaBudget
-from deployments.server import BaseLLMServer
-from deployments.settings import BaseLLMSettings, RuntimeConfig, resolve_device, unflatten_args
+from deployments.base_llm.protocol import BASE_MODEL_IDS
+from deployments.base_llm.replica_budget import ReplicaBudget
+from deployments.base_llm.server import BaseLLMServer
+from deployments.base_llm.settings import BaseLLMSettings, RuntimeConfig, resolve_device, unflatten_args
 
 __all__ = ["BaseLLMDeployment", "build_base_llm", "app_builder"]
 
@@ -50,7 +50,7 @@ class BaseLLMDeployment:
     """The Serve-facing class; :func:`build_base_llm` subclasses it with a multiplexed ``get_model``.
 
     Args:
-        settings: :class:`~deployments.settings.BaseLLMSettings` as a JSON-ready dict.
+        settings: :class:`~deployments.base_llm.settings.BaseLLMSettings` as a JSON-ready dict.
     """
 
     def __init__(self, settings: dict[str, Any]):
@@ -113,7 +113,7 @@ class BaseLLMDeployment:
         """Handle entry point: ``handle.options(multiplexed_model_id=...).generate.remote(body)``.
 
         Returns:
-            A :class:`~deployments.protocol.GenerateResponse` as a dict.
+            A :class:`~deployments.base_llm.protocol.GenerateResponse` as a dict.
 
         Raises:
             ServeError: a subclass with the HTTP status the ingress should answer with.
@@ -159,7 +159,7 @@ class BaseLLMDeployment:
         self._server.check_health()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a :class:`~deployments.settings.RuntimeConfig` (Serve ``user_config``) without a restart."""
+        """Apply a :class:`~deployments.base_llm.settings.RuntimeConfig` (Serve ``user_config``) without a restart."""
         runtime = self._server.reconfigure(RuntimeConfig.model_validate(user_config))
         self._mux_limit = runtime.max_num_models_per_replica
         await self._apply_mux_limit()
@@ -208,7 +208,7 @@ def build_base_llm(settings: BaseLLMSettings | dict[str, Any]) -> Application:
     """Build the BaseLLM application from its settings (the one place Serve options are set).
 
     Args:
-        settings: :class:`~deployments.settings.BaseLLMSettings` or a dict of its fields.
+        settings: :class:`~deployments.base_llm.settings.BaseLLMSettings` or a dict of its fields.
 
     Returns:
         The bound application, for ``serve.run`` or as a node of a larger application.

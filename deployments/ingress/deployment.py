@@ -2,8 +2,8 @@
 
 The FastAPI app is built on the replica, after the constructor (Serve's late-bound ingress,
 ``__serve_build_asgi_app__``), so it can be generated from the agent map the replica loaded: one typed
-route per agent. Routes and their logic live in :mod:`deployments.http_app` and
-:mod:`deployments.ingress_server`.
+route per agent. Routes and their logic live in :mod:`deployments.ingress.http_app` and
+:mod:`deployments.ingress.server`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from ray import serve
 from ray.serve import Application
 
 from agent_graph import load_agent_map
-from deployments.hitl_routes import install_hitl
-from deployments.http_app import build_http_app
-from deployments.pool_router import PoolRouter
-from deployments.ingress_server import IngressServer, IngressSettings
+from deployments.review.routes import install_hitl
+from deployments.ingress.http_app import build_http_app
+from deployments.agent.pool_router import PoolRouter
+from deployments.ingress.server import IngressServer, IngressSettings
 
 __all__ = ["IngressDeployment", "build_ingress"]
 
@@ -36,7 +36,7 @@ class IngressDeployment:
     """Serve-facing ingress.
 
     Args:
-        settings: :class:`~deployments.ingress_server.IngressSettings` as a dict.
+        settings: :class:`~deployments.ingress.server.IngressSettings` as a dict.
         map_path: the agent map file (None: packaged).
         store_root: the ModelStore root (for ``/v1/models``).
         pools: base pool name -> BaseLLM pool handle.
@@ -52,7 +52,7 @@ class IngressDeployment:
                  routes: dict[str, list[str]], agents: dict[str, Any], embedding_model: str | None = None,
                  canary: Any = None, embeddings: Any = None):
         from modelstore import ModelStore
-        from deployments.openai_api import store_pin
+        from deployments.ingress.openai_api import store_pin
         from rollout import CanaryRouter
 
         self._pool_handles, self._agent_handles, self._canary_handle = pools, agents, canary
@@ -75,7 +75,7 @@ class IngressDeployment:
             # Chat completions pin '@current' and take the canary split as the agents' adapter steps do.
             embed=self._embed if embeddings is not None else None, pin=store_pin(store),
             canary=CanaryRouter(store.root, f"ingress-{replica}"))
-        from deployments.hitl_metrics import ingress_service
+        from deployments.review.metrics import ingress_service
 
         self._hitl = ingress_service(store_root, self._server.served_agents)  # /hitl: review queue and pages
 

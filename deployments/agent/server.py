@@ -23,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_graph import (AgentMap, AgentSpec, ContractError, Route, generation_request, get_spec, routes,
                          run_heuristic)
-from deployments.errors import InvalidRequestError, OverloadedError, RequestTooLargeError, ServeError
+from deployments.errors import (AgentUnavailableError, FallbackExhaustedError, InvalidRequestError, OverloadedError,
+                                RequestTooLargeError)
 from rollout.router import CanaryRouter, Choice, pin_and_choose
 
-__all__ = ["DEFAULT_DEADLINE_S", "DeadlineExceededError", "AgentFailure", "AgentUsage", "AgentResponse", "AgentUnavailableError", "FallbackExhaustedError",
+__all__ = ["DEFAULT_DEADLINE_S", "DeadlineExceededError", "AgentFailure", "AgentUsage", "AgentResponse",
            "AgentMetrics", "AgentServer", "LLMCall", "EmbedCall", "is_caller_error"]
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,6 @@ DEFAULT_DEADLINE_S = 30.0
 LLMCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 # EmbedRequest body -> EmbedResponse dict
 EmbedCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class AgentUnavailableError(ServeError):
-    """Strict mode: the agent's first step failed and falling back is forbidden (503)."""
-
-    status_code = 503
-    error_type = "agent_unavailable"
-
-
-class FallbackExhaustedError(ServeError):
-    """Every step of the agent's fallback chain failed (502: the models behind the agent misbehaved)."""
-
-    status_code = 502
-    error_type = "fallback_exhausted"
 
 
 class DeadlineExceededError(TimeoutError):

@@ -124,7 +124,7 @@ class LLMMetrics:
         }
 
     def set_loaded(self, report: dict[str, Any]) -> None:
-        """Export a :class:`~deployments.loaded.LoadedReport` (as a dict)."""
+        """Export a :class:`~deployments.base_llm.loaded.LoadedReport` (as a dict)."""
         tags = {"variant": report["variant"], "device": report["device"].split(":")[0]}
         self.base_loaded_bytes.set(report["weight_bytes"], tags=tags)
         planned = report.get("planned") or {}

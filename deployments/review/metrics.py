@@ -113,12 +113,12 @@ class GaugePoller:
 
 def ingress_service(store_root: str | None, agents: list[str], *, url: str | None = None,
                     poll_s: float = 15.0):
-    """The ingress replica's :class:`~deployments.hitl_routes.HitlService`: decisions counted, queue gauges polled.
+    """The ingress replica's :class:`~deployments.review.routes.HitlService`: decisions counted, queue gauges polled.
 
     Raises:
         ReviewerConfigError: ``$JUSTNEWS_HITL_REVIEWERS`` is malformed (the ingress refuses to start).
     """
-    from deployments.hitl_routes import HitlService
+    from deployments.review.routes import HitlService
 
     metrics = HitlMetrics()
     svc = HitlService(lambda: ReviewStore(url, store_root=store_root), on_decision=metrics.decided)

@@ -1,7 +1,7 @@
 """IngressServer: what the HTTP routes do, as a plain class over injected calls. No Serve, no FastAPI.
 
-It holds the ingress' own guards (bearer tokens in two scopes, :mod:`deployments.ingress_auth`; the in-flight
-limit) and turns each route into calls on the agent and BaseLLM deployments; ``deployments/http_app.py`` maps
+It holds the ingress' own guards (bearer tokens in two scopes, :mod:`deployments.ingress.auth`; the in-flight
+limit) and turns each route into calls on the agent and BaseLLM deployments; ``deployments/ingress/http_app.py`` maps
 routes onto it and ``deployments/ingress.py`` wires it to Serve handles. It refuses to be built without tokens
 when the HTTP proxy binds anything but loopback.
 """
@@ -17,13 +17,12 @@ from typing import Any, Awaitable, Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_graph import Answer, AgentMap, PipelineResult, Route, arun_pipeline, get_spec
-from deployments.agent_server import EmbedCall, LLMCall, is_caller_error
-from deployments.errors import OverloadedError
-from deployments.http_errors import NotServedError, UnknownAgentError
-from deployments.ingress_auth import TokenGuard, scope_of
-from deployments.openai_api import (embed_body, embedding_response, generate_body, model_list, resolve_embedding_model,
+from deployments.agent.server import EmbedCall, LLMCall, is_caller_error
+from deployments.errors import NotServedError, OverloadedError, UnknownAgentError
+from deployments.ingress.auth import TokenGuard, scope_of
+from deployments.ingress.openai_api import (embed_body, embedding_response, generate_body, model_list, resolve_embedding_model,
                                     resolve_model)
-from deployments.openai_protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, ModelList
+from deployments.ingress.openai_protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, ModelList
 from hitl.pipeline import held_steps
 from hitl.store import HeldStep
 from rollout.router import CanaryRouter, Choice, pin_and_choose
@@ -91,7 +90,7 @@ class IngressServer:
             the caller; ``settings.http_host`` is checked either way).
 
     Raises:
-        InsecureBindingError: a non-loopback binding without both tokens (see :mod:`deployments.ingress_auth`).
+        InsecureBindingError: a non-loopback binding without both tokens (see :mod:`deployments.ingress.auth`).
     """
 
     def __init__(self, settings: IngressSettings, agent_map: AgentMap, store: Any, *, llm: LLMCall, agent: AgentCall,
@@ -113,7 +112,7 @@ class IngressServer:
         self.guard.check_binding([settings.http_host, http_host])
         self.in_flight = 0
         self.rejected = 0
-        # (article id, held steps) -> None: records a pipeline's review hold (set by deployments.hitl_routes).
+        # (article id, held steps) -> None: records a pipeline's review hold (set by deployments.review.routes).
         self.on_held: Callable[[str, list[HeldStep]], None] | None = None
         self.served_agents = sorted(n for n, e in agent_map.agents.items() if e.served)
 

@@ -35,7 +35,7 @@ from deployments.errors import (
     is_oom,
     to_serve_error,
 )
-from deployments.metrics import INVALID_TAG, LLMMetrics
+from deployments.base_llm.metrics import INVALID_TAG, LLMMetrics
 
 __all__ = ["AdapterHandle", "AdapterPool"]
 

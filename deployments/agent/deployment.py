@@ -1,8 +1,8 @@
 """The agent deployment: one generic class, deployed once per agent of the map. Thin Serve wiring.
 
-Each deployment wraps an :class:`~deployments.agent_server.AgentServer` and is bound to the shared
+Each deployment wraps an :class:`~deployments.agent.server.AgentServer` and is bound to the shared
 BaseLLM pools of its route (llm agents call them with ``multiplexed_model_id`` = the adapter ref of the step
-they are on; :class:`~deployments.pool_router.PoolRouter` moves to the next pool only when one is
+they are on; :class:`~deployments.agent.pool_router.PoolRouter` moves to the next pool only when one is
 unavailable) or to the embeddings handle (scout, memory). Agents hold no weights, so a replica asks for no CPU.
 """
 
@@ -15,8 +15,8 @@ from ray import serve
 from ray.serve import Application
 
 from agent_graph import load_agent_map
-from deployments.agent_server import DEFAULT_DEADLINE_S, AgentServer
-from deployments.pool_router import PoolRouter
+from deployments.agent.server import DEFAULT_DEADLINE_S, AgentServer
+from deployments.agent.pool_router import PoolRouter
 
 __all__ = ["AgentDeploymentSettings", "AgentDeployment", "build_agent", "deployment_name"]
 
@@ -68,7 +68,7 @@ class AgentDeployment:
                                    embed=self._embed if embeddings is not None else None,
                                    pin=lambda ref: str(store.pin(ref)),
                                    canary=CanaryRouter(store.root, f"{agent}-{replica}"), deadline_s=deadline_s)
-        from deployments.hitl_metrics import HitlMetrics, review_hook
+        from deployments.review.metrics import HitlMetrics, review_hook
 
         # The map's review rules queue doubtful answers for editors, off the request path (hitl).
         self._review = review_hook(agent, self._server.entry, store_root=str(store.root), metrics=HitlMetrics())
@@ -83,7 +83,7 @@ class AgentDeployment:
         return await self._embed_handle.embed.remote(body)
 
     async def answer(self, body: dict[str, Any], strict: bool = False) -> dict[str, Any]:
-        """Answer one request; returns an :class:`~deployments.agent_server.AgentResponse` as a dict."""
+        """Answer one request; returns an :class:`~deployments.agent.server.AgentResponse` as a dict."""
         reply = (await self._server.answer(body, strict=strict)).model_dump(mode="json")
         if self._review is not None:
             self._review.offer(body, reply)  # never blocks nor raises

@@ -1,7 +1,8 @@
 """Every failure of an HTTP request as a JSON error body with the right status, never a bare 500.
 
 The ingress's routes raise :class:`~deployments.errors.ServeError` subclasses (their own, or re-raised by
-Ray from a downstream replica); :func:`install_error_handlers` turns those, FastAPI's validation errors
+Ray from a downstream replica); :func:`deployments.errors.to_serve_error` is the one mapping of any other
+exception, and :func:`install_error_handlers` turns those, FastAPI's validation errors
 (422 by default, 400 here: a malformed body is a bad request), unknown routes and Serve's back-pressure
 into ``{"error": {"type", "message", "status"}}``. Overload answers 503 with ``Retry-After``.
 """
@@ -10,78 +11,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from deployments.errors import (InternalError, InvalidRequestError, LimitExceededError, OverloadedError, ServeError,
-                                error_body)
+from deployments.errors import (InvalidRequestError, LimitExceededError, ServeError, error_body, to_serve_error,
+                                validation_summary)
 
-__all__ = ["UnauthorizedError", "ForbiddenError", "NotServedError", "ModelNotFoundError", "UnknownAgentError", "as_serve_error", "body_parse_error", "error_response",
-           "install_error_handlers", "validation_summary"]
+__all__ = ["body_parse_error", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
-
-
-class UnauthorizedError(ServeError):
-    """A bearer token is configured and the request lacks it or sends another one (401)."""
-
-    status_code = 401
-    error_type = "unauthorized"
-
-
-class ForbiddenError(ServeError):
-    """The bearer token is valid but not for this route: an API token on an admin route (403)."""
-
-    status_code = 403
-    error_type = "forbidden"
-
-
-class ModelNotFoundError(ServeError, LookupError):
-    """``model`` of a chat completion names no agent, base or adapter (404)."""
-
-    status_code = 404
-    error_type = "model_not_found"
-
-
-class NotServedError(ServeError, LookupError):
-    """The route's component is not part of this application (404)."""
-
-    status_code = 404
-    error_type = "not_served"
-
-
-class UnknownAgentError(ServeError, LookupError):
-    """``/agents/{agent}`` names no served agent (404)."""
-
-    status_code = 404
-    error_type = "unknown_agent"
-
-
-def validation_summary(errors: list[dict[str, Any]], limit: int = 5) -> str:
-    """``field: problem; field: problem`` for the first ``limit`` pydantic/FastAPI errors."""
-    parts = []
-    for err in errors[:limit]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-    more = len(errors) - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def as_serve_error(exc: BaseException) -> ServeError:
-    """The :class:`ServeError` an exception answers as (a Ray-wrapped one keeps its class)."""
-    if isinstance(exc, ServeError):
-        return exc
-    if type(exc).__name__ == "BackPressureError":  # ray.serve.exceptions: a downstream queue is full
-        return OverloadedError(f"a downstream deployment is at its queue limit: {exc}")
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return InvalidRequestError(validation_summary(exc.errors()))
-    return InternalError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
 def body_parse_error(cause: BaseException | None) -> ServeError | None:
@@ -98,7 +39,7 @@ def body_parse_error(cause: BaseException | None) -> ServeError | None:
 
 def error_response(exc: BaseException, retry_after_s: int = 1) -> JSONResponse:
     """The JSON response of an error; 503 carries ``Retry-After``, 401 and 403 ``WWW-Authenticate``."""
-    error = as_serve_error(exc)
+    error = to_serve_error(exc)
     if error.status_code >= 500 and error.status_code != 503:
         log.error("request failed: %s", exc)
     body = error_body(error)

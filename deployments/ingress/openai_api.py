@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from agent_graph import AgentMap
-from deployments.errors import AdapterLoadFailedError, AdapterNotFoundError, InvalidRequestError
-from deployments.http_errors import ModelNotFoundError
+from deployments.errors import AdapterLoadFailedError, AdapterNotFoundError, InvalidRequestError, ModelNotFoundError
 from deployments.limits import check_json_schema, check_prompt
-from deployments.openai_protocol import (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ChatCompletionChunk,
+from deployments.ingress.openai_protocol import (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ChatCompletionChunk,
                                          ChatCompletionRequest, ChatCompletionResponse, EmbeddingData,
                                          EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ModelCard, ModelList,
                                          Usage, completion_id)
@@ -198,7 +197,7 @@ def resolve_embedding_model(model: str, agent_map: AgentMap, embedding_model: st
         InvalidRequestError: a chat model (400).
         ModelNotFoundError: anything else (404).
     """
-    from deployments.http_errors import NotServedError
+    from deployments.errors import NotServedError
 
     accepted = embedding_models(agent_map, embedding_model)
     if not accepted:

@@ -2,7 +2,7 @@
 
 Reviewers' pages -- ``GET /hitl/`` (queue, filters ``agent``, ``reason``, ``age``), ``/hitl/login``,
 ``/hitl/logout``, ``/hitl/review/{id}`` (+ ``/claim``, ``/release``, ``/decide``) -- are outside the bearer-token
-scopes (``deployments.ingress_auth`` gives them the ``reviewer`` scope) and check the reviewer's session and,
+scopes (``deployments.ingress.auth`` gives them the ``reviewer`` scope) and check the reviewer's session and,
 on every POST, its CSRF token here. The JSON API stays in the admin scope:
 
 * ``POST /hitl/items``: queue an item by hand (``{agent, input, output, answered_by?, step?, reasons?, note?}``;
@@ -31,42 +31,20 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent_graph import get_spec
 from agent_graph.errors import AgentGraphError
-from deployments.errors import InvalidRequestError, ServeError
-from deployments.hitl_auth import LOGIN_COOKIE, SESSION_COOKIE, Reviewers, Sessions
-from deployments.hitl_pages import AGES, item_page, login_page, queue_page
-from deployments.http_errors import UnauthorizedError
+from deployments.errors import (CsrfError, InvalidRequestError, ReviewConflictError, ReviewItemNotFoundError,
+                                ReviewQueueUnavailableError, ServeError, UnauthorizedError)
+from deployments.review.auth import LOGIN_COOKIE, SESSION_COOKIE, Reviewers, Sessions
+from deployments.review.pages import AGES, item_page, login_page, queue_page
 from hitl import ClaimConflict, HeldStep, InvalidDecision, ItemNotFound, NewItem, ReviewStore
 from hitl.models import Item
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HitlService", "ReviewConflictError", "ReviewItemNotFoundError", "ReviewQueueUnavailableError",
-           "install_hitl", "build_hitl_app", "item_json"]
+__all__ = ["HitlService", "install_hitl", "build_hitl_app", "item_json"]
 
 # Item ids are SQLite INTEGERs (int64); ages beyond ten years name no item (and overflow datetime arithmetic).
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
 MAX_AGE_S = 10 * 365 * 86_400
-
-
-class ReviewConflictError(ServeError):
-    """Another reviewer holds the item's claim, or it is already decided (409)."""
-
-    status_code = 409
-    error_type = "review_conflict"
-
-
-class ReviewItemNotFoundError(ServeError, LookupError):
-    """No review item of that id (404)."""
-
-    status_code = 404
-    error_type = "review_item_not_found"
-
-
-class ReviewQueueUnavailableError(ServeError):
-    """The review database cannot be reached (503); agents keep answering."""
-
-    status_code = 503
-    error_type = "review_queue_unavailable"
 
 
 class HitlService:
@@ -250,16 +228,11 @@ class _Page:
         if self.reviewer is None:
             raise UnauthorizedError("log in at /hitl/login first (reviewer session missing or expired)")
         if not self.svc.sessions.check_csrf(self.cookie, form.get("csrf")):
-            raise _Forbidden("the form's CSRF token does not match this session; reload the page and try again")
+            raise CsrfError("the form's CSRF token does not match this session; reload the page and try again")
         return form
 
     def cookie_args(self) -> dict[str, Any]:
         return {"path": self.base, "httponly": True, "samesite": "strict", "secure": self.request.url.scheme == "https"}
-
-
-class _Forbidden(ServeError):
-    status_code = 403
-    error_type = "csrf_failed"
 
 
 def _pages(router: APIRouter, svc: HitlService) -> None:
@@ -373,7 +346,7 @@ def install_hitl(app: FastAPI, svc: HitlService) -> None:
 
 def build_hitl_app(svc: HitlService) -> FastAPI:
     """A standalone app of the HITL routes with the ingress' JSON error handlers (tests, a separate server)."""
-    from deployments.http_errors import install_error_handlers
+    from deployments.ingress.http_errors import install_error_handlers
 
     app = FastAPI(title="JustNews review", version="0.1.0")
     install_error_handlers(app, 1)

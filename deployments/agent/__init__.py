@@ -1,0 +1,1 @@
+"""Agent deployments: AgentServer (the one walker of a fallback chain), PoolRouter, Serve glue."""

@@ -1,0 +1,1 @@
+"""The in-cluster canary gate (the plain controller is rollout.controller)."""

@@ -1,0 +1,1 @@
+"""Embeddings for scout and memory: EmbeddingServer (plain) and its Serve deployment."""

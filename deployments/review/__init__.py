@@ -1,0 +1,1 @@
+"""Human review (hitl) on the ingress: reviewer login, pages, routes and metrics."""
