@@ -2,7 +2,7 @@
 
 :func:`routes` turns the map's chain into concrete steps and :func:`generation_request` builds a model
 step's request; :class:`Answer` records who answered. The one walker of the chain is
-:class:`deployments.agent_server.AgentServer` (async, with deadlines, pools and canaries); this module has
+:class:`deployments.agent.server.AgentServer` (async, with deadlines, pools and canaries); this module has
 no serving code.
 """
 

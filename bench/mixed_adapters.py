@@ -191,7 +191,7 @@ async def run(args) -> dict:
     import ray
     from ray import serve
 
-    from deployments.base_llm import build_base_llm
+    from deployments.base_llm.deployment import build_base_llm
 
     root = Path(args.store_root) if args.store_root else Path(tempfile.mkdtemp(prefix="bench-store-"))
     agent_refs, all_refs = prepare_store(root, extra_adapters=24)

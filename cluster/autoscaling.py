@@ -15,7 +15,7 @@ request-based decision and caps it by memory:
   share (the smallest ones, conservatively).
 
 Replicas report per-replica custom metrics through ``record_autoscaling_stats`` (see
-``deployments/replica_budget.py``), named by the ``METRIC_*`` constants below; a replica that has not
+``deployments/base_llm/replica_budget.py``), named by the ``METRIC_*`` constants below; a replica that has not
 reported yet counts at its budget. Serve applies min/max_replicas, the delays and the scaling factors
 to whatever this returns.
 

@@ -1,5 +1,5 @@
 """The canary gate and the controller that acts on it. No Ray imports: the Serve deployment
-(``deployments/canary_controller.py``) ticks it in the cluster, ``justnews canary gate`` ticks it by hand.
+(``deployments/canary/deployment.py``) ticks it in the cluster, ``justnews canary gate`` ticks it by hand.
 
 The gate, as the seed's playbook has it: a stage lasts its observation window; then, if each version has
 served at least ``min_requests`` in the stage and the candidate's p95 latency and error rate stay within the

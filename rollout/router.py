@@ -1,5 +1,5 @@
 """The agent replica's side of a canary: split traffic between baseline and candidate, and record what each
-version did. No Ray imports; ``deployments/agent_server.py`` calls it on every adapter step.
+version did. No Ray imports; ``deployments/agent/server.py`` calls it on every adapter step.
 
 The split is deterministic per replica: of every ``1/f`` requests for the adapter, one goes to the candidate
 (a running count, so a 5% stage sends exactly one in twenty), and the count restarts with each stage. The

@@ -43,8 +43,8 @@ def served(tmp_path, monkeypatch):
     """The HITL app on a free loopback port, over a fresh SQLite queue with three items."""
     import uvicorn
 
-    from deployments.hitl_auth import Reviewers
-    from deployments.hitl_routes import HitlService, build_hitl_app
+    from deployments.review.auth import Reviewers
+    from deployments.review.routes import HitlService, build_hitl_app
     from hitl import ReviewStore
 
     monkeypatch.delenv("JUSTNEWS_HITL_DB", raising=False)

@@ -91,7 +91,7 @@ class LLMApp:
             "applications": [{
                 "name": APP_NAME,
                 "route_prefix": ROUTE,
-                "import_path": "deployments.base_llm:app_builder",
+                "import_path": "deployments.base_llm.deployment:app_builder",
                 "args": {"store_root": str(self.store_root), "ray_actor_options": {"num_cpus": 1}},
                 "deployments": [{"name": DEPLOYMENT, "user_config": runtime}],
             }]

@@ -178,7 +178,7 @@ def test_deleting_the_app_lets_queued_requests_finish(serve_cluster, model_store
     """Graceful shutdown, on its own app built imperatively with build_base_llm and serve.run."""
     from ray import serve
 
-    from deployments.base_llm import build_base_llm
+    from deployments.base_llm.deployment import build_base_llm
 
     settings = {
         "store_root": str(model_store),

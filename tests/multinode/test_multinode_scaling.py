@@ -44,7 +44,7 @@ def _deploy(plan_, store_root) -> int:
     # metrics_interval_s (deprecated) only silences Serve's warning that it exceeds look_back_period_s.
     autoscaling = {**opts["autoscaling_config"], "max_replicas": d.max_replicas + 2, "metrics_interval_s": 0.5}
     config = ServeDeploySchema.model_validate({"applications": [{
-        "name": APP, "route_prefix": None, "import_path": "deployments.base_llm:app_builder",
+        "name": APP, "route_prefix": None, "import_path": "deployments.base_llm.deployment:app_builder",
         "args": {"store_root": str(store_root), "device": "cpu", "deployment_name": DEPLOYMENT,
                  "max_ongoing_requests": opts["max_ongoing_requests"], "runtime": opts["user_config"],
                  "ray_actor_options": opts["ray_actor_options"]},
@@ -213,7 +213,7 @@ def test_each_pool_lands_where_the_plan_says_with_its_variant(ray_cluster, model
     from cluster import AgentNeed, discover_from_ray, placement_from_plan, plan_pools
     from cluster.demand import adapter_facts_from_store, base_facts_from_store
     from deployments.app import AppSettings, pool_settings
-    from deployments.base_llm import build_base_llm
+    from deployments.base_llm.deployment import build_base_llm
     from modelstore import ModelStore
 
     serve.delete(APP)  # the scaling test's deployment: free the logical GPUs the plan below counts on

@@ -24,11 +24,11 @@ def _catalogue() -> dict[str, set[str]]:
     from ray.serve import metrics as serve_metrics
     from ray.util import metrics as ray_metrics
 
-    from deployments.agent_server import AgentMetrics
-    from deployments.canary_controller import _CanaryMetrics
-    from deployments.hitl_metrics import HitlMetrics
-    from deployments.metrics import LLMMetrics
-    from deployments.replica_budget import memory_gauges
+    from deployments.agent.server import AgentMetrics
+    from deployments.canary.deployment import _CanaryMetrics
+    from deployments.review.metrics import HitlMetrics
+    from deployments.base_llm.metrics import LLMMetrics
+    from deployments.base_llm.replica_budget import memory_gauges
 
     objects = [*vars(LLMMetrics()).values(), *vars(AgentMetrics()).values(), *vars(_CanaryMetrics()).values(),
                *vars(HitlMetrics()).values(), *memory_gauges(serve_metrics)]

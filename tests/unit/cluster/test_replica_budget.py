@@ -1,4 +1,4 @@
-"""The replica side of the budget (deployments/replica_budget.py) outside Ray: env parsing, what is
+"""The replica side of the budget (deployments/base_llm/replica_budget.py) outside Ray: env parsing, what is
 reported to the autoscaling policy, and the stats summary."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from cluster.autoscaling import METRIC_BUDGET_MB, METRIC_GPU_KEY, METRIC_PEAK_MB
 from cluster.budget import BUDGET_ENV, CONTEXT_ENV, context_from_env
-from deployments.replica_budget import ReplicaBudget
+from deployments.base_llm.replica_budget import ReplicaBudget
 
 
 def test_budget_from_the_planners_env_is_reported_not_enforced_on_cpu(monkeypatch):

@@ -117,7 +117,9 @@ def test_waiting_for_a_busy_pool_is_a_retryable_503_not_the_schemas_fault(base_m
         return caught.value
 
     error = asyncio.run(run())
-    assert error.http_status == 503
+    from deployments.errors import to_serve_error
+
+    assert to_serve_error(error).status_code == 503  # busy, retryable: the one mapping says so
     assert json.dumps(schema("queued"), separators=(",", ":")) not in hold.keys
     # Once a worker is free the same schema compiles: being queued is not held against it.
     assert asyncio.run(engine.precompile(schema("queued"))) is not None

@@ -67,10 +67,10 @@ def _score(replies: list[dict], records) -> float:
 
 @pytest.mark.slow
 def test_corrections_train_the_next_adapter(store, tmp_path, capsys):
-    from deployments.agent_server import AgentServer
-    from deployments.hitl_auth import Reviewers
-    from deployments.hitl_metrics import review_hook
-    from deployments.hitl_routes import HitlService, build_hitl_app
+    from deployments.agent.server import AgentServer
+    from deployments.review.auth import Reviewers
+    from deployments.review.metrics import review_hook
+    from deployments.review.routes import HitlService, build_hitl_app
     from hitl import ReviewStore
     from hitl.cli import main as hitl_main
     from training.cli import main as train_main

@@ -109,8 +109,8 @@ def test_four_writer_processes_and_two_reviewers_lose_nothing_and_decide_nothing
 
 
 def test_a_locked_database_never_stops_an_agent_answering(hitl_store):
-    from deployments.agent_server import AgentServer
-    from deployments.hitl_metrics import review_hook
+    from deployments.agent.server import AgentServer
+    from deployments.review.metrics import review_hook
 
     hitl_store.migrate()
     agent_map = load_agent_map()

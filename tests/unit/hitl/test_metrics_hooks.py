@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from agent_graph import load_agent_map
-from deployments.hitl_metrics import GaugePoller, review_hook
+from deployments.review.metrics import GaugePoller, review_hook
 from hitl import utcnow
 
 from .conftest import example_item

@@ -12,12 +12,12 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from agent_graph import load_agent_map
-from deployments.agent_server import AgentServer
-from deployments.hitl_auth import Reviewers
-from deployments.hitl_metrics import review_hook
-from deployments.hitl_routes import HitlService, install_hitl
-from deployments.http_app import build_http_app
-from deployments.ingress_server import IngressServer, IngressSettings
+from deployments.agent.server import AgentServer
+from deployments.review.auth import Reviewers
+from deployments.review.metrics import review_hook
+from deployments.review.routes import HitlService, install_hitl
+from deployments.ingress.http_app import build_http_app
+from deployments.ingress.server import IngressServer, IngressSettings
 from hitl import HeldStep
 
 from .conftest import example_item

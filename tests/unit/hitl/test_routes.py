@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent_graph import load_agent_map
-from deployments.hitl_auth import LOGIN_COOKIE, SESSION_COOKIE, Reviewers, Sessions
-from deployments.hitl_routes import HitlService, build_hitl_app, install_hitl
-from deployments.http_app import build_http_app
-from deployments.ingress_server import IngressServer, IngressSettings
+from deployments.review.auth import LOGIN_COOKIE, SESSION_COOKIE, Reviewers, Sessions
+from deployments.review.routes import HitlService, build_hitl_app, install_hitl
+from deployments.ingress.http_app import build_http_app
+from deployments.ingress.server import IngressServer, IngressSettings
 from hitl import ReviewerConfigError
 
 from .conftest import example_item
@@ -218,7 +218,7 @@ def test_inside_the_ingress_tokens_keep_their_scopes_and_pages_use_the_session(m
     ("/hitl/loginx", "admin"), ("/hitl/login/x", "admin"), ("/stats", "admin"), ("/agents/critic", "api"),
 ])
 def test_only_the_reviewer_pages_leave_the_bearer_scopes(path, scope):
-    from deployments.ingress_auth import scope_of
+    from deployments.ingress.auth import scope_of
 
     assert scope_of(path) == scope
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent_graph import get_spec, load_agent_map, run_heuristic
 from cluster.cli import main as justnews
-from deployments.agent_server import AgentServer
+from deployments.agent.server import AgentServer
 from rollout import CanaryBounds, CanaryController, CanaryError, CanaryRouter, CanaryState, judge
 from rollout.state import CanaryBook, RoleStats, VersionFigures, figures, percentile
 from tests.store_helpers import publish_copy

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from deployments.errors import InvalidRequestError, ServeError
-from deployments.server import BaseLLMServer
-from deployments.settings import BaseLLMSettings
+from deployments.base_llm.server import BaseLLMServer
+from deployments.base_llm.settings import BaseLLMSettings
 
 BODY = {"prompt": "[INST] Judge the draft [/INST]", "max_new_tokens": 3}
 

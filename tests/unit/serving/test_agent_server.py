@@ -8,7 +8,8 @@ import json
 import pytest
 
 from agent_graph import get_spec, load_agent_map
-from deployments.agent_server import AgentServer, AgentUnavailableError, FallbackExhaustedError
+from deployments.agent.server import AgentServer
+from deployments.errors import AgentUnavailableError, FallbackExhaustedError
 from deployments.errors import (AdapterLoadFailedError, InvalidRequestError, OverloadedError,
                                 RequestTooLargeError)
 
@@ -104,7 +105,7 @@ def test_invalid_input_is_a_400_and_calls_no_model():
 
 
 def test_every_step_failing_is_a_502(monkeypatch):
-    import deployments.agent_server as mod
+    import deployments.agent.server as mod
 
     monkeypatch.setattr(mod, "run_heuristic", lambda *_: (_ for _ in ()).throw(RuntimeError("no heuristic")))
     server = _server("critic", {"critic/mistral_critic_v1@current": "length", "": "length"})

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from deployments.errors import AdapterLoadFailedError, OverloadedError
-from deployments.server import BaseLLMServer
-from deployments.settings import BaseLLMSettings
+from deployments.base_llm.server import BaseLLMServer
+from deployments.base_llm.settings import BaseLLMSettings
 from tests.store_helpers import corrupt_weights, publish_copy
 
 NS = "critic/mistral_critic_v1"

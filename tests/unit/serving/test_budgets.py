@@ -183,8 +183,8 @@ def test_every_agent_completes_valid_json_at_its_largest_input_within_its_budget
 @pytest.fixture
 def llm_server(seeded_store_root):
     """A real BaseLLM replica per test: its batcher belongs to the event loop of the test's asyncio.run."""
-    from deployments.server import BaseLLMServer
-    from deployments.settings import BaseLLMSettings
+    from deployments.base_llm.server import BaseLLMServer
+    from deployments.base_llm.settings import BaseLLMSettings
 
     return BaseLLMServer(BaseLLMSettings(store_root=str(seeded_store_root)))
 
@@ -192,8 +192,8 @@ def llm_server(seeded_store_root):
 def test_a_json_object_chat_reply_cut_at_max_tokens_reports_length(llm_server):
     """``/v1/chat/completions`` with ``json_object``: the open schema lets a reply run on; at max_tokens the
     text is unfinished JSON and the response says ``length`` (whole and streamed)."""
-    from deployments.openai_api import completion_response, generate_body, sse_events
-    from deployments.openai_protocol import ChatCompletionRequest
+    from deployments.ingress.openai_api import completion_response, generate_body, sse_events
+    from deployments.ingress.openai_protocol import ChatCompletionRequest
 
     req = ChatCompletionRequest(model="base", max_tokens=8, response_format={"type": "json_object"},
                                 messages=[{"role": "user", "content": "Write a long JSON report on the bridge."}])
@@ -209,7 +209,7 @@ def test_a_json_object_chat_reply_cut_at_max_tokens_reports_length(llm_server):
 def test_an_agent_reply_cut_at_its_budget_falls_back_with_the_reason(llm_server, tmp_path):
     """With a budget too small for the contract, the adapter's real reply is cut; the agent answers from the
     next step and records why, naming the budget."""
-    from deployments.agent_server import AgentServer
+    from deployments.agent.server import AgentServer
 
     agent_map = _map_with(tmp_path, "re_ranker", 12)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.embeddings import EmbeddingServer
+from deployments.embeddings.server import EmbeddingServer
 from deployments.errors import InvalidRequestError, RequestTooLargeError
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from agent_graph import get_spec, load_agent_map
 from agent_graph.schema import AgentMap
-from deployments.agent_server import AgentServer, FallbackExhaustedError
+from deployments.agent.server import AgentServer
+from deployments.errors import FallbackExhaustedError
 from deployments.errors import InvalidRequestError
 from modelstore.seed import adapter_ref
 

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent_graph import get_spec, load_agent_map
-from deployments.agent_server import AgentServer
+from deployments.agent.server import AgentServer
 from deployments.errors import AdapterNotFoundError, RequestTooLargeError
-from deployments.http_app import build_http_app
-from deployments.ingress_server import IngressServer, IngressSettings
+from deployments.ingress.http_app import build_http_app
+from deployments.ingress.server import IngressServer, IngressSettings
 
 TOKEN = "t0ken"
 

@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent_graph import load_agent_map
-from deployments.http_app import build_http_app
-from deployments.ingress_auth import MIN_TOKEN_CHARS, InsecureBindingError, TokenGuard, is_loopback, scope_of
-from deployments.ingress_server import IngressServer, IngressSettings
+from deployments.ingress.http_app import build_http_app
+from deployments.ingress.auth import MIN_TOKEN_CHARS, InsecureBindingError, TokenGuard, is_loopback, scope_of
+from deployments.ingress.server import IngressServer, IngressSettings
 
 API, ADMIN = "a" * 24, "b" * 24
 API_ENV, ADMIN_ENV = "JUSTNEWS_TEST_API_TOKEN", "JUSTNEWS_TEST_ADMIN_TOKEN"
@@ -143,7 +143,7 @@ def test_the_scope_ignores_serves_route_prefix(monkeypatch):
 def test_the_ingress_reads_the_serve_host_from_the_controller_and_fails_closed(monkeypatch):
     import ray.serve.context as context
 
-    from deployments.ingress import _serve_http_host
+    from deployments.ingress.deployment import _serve_http_host
 
     class Client:
         class http_config:  # noqa: N801 - mimics ServeControllerClient.http_config

@@ -12,8 +12,8 @@ from agent_graph import get_spec, load_agent_map
 from deployments.engine import SamplingParams
 from deployments.errors import LimitExceededError, RequestTooLargeError, SchemaTooLargeError
 from deployments.limits import LIMITS, AdmissionLimits, check_json_schema, schema_stats
-from deployments.openai_protocol import ChatCompletionRequest
-from deployments.protocol import GenerateRequest
+from deployments.ingress.openai_protocol import ChatCompletionRequest
+from deployments.base_llm.protocol import GenerateRequest
 
 
 def nested(levels: int) -> dict:
@@ -149,11 +149,11 @@ def http(seeded_store_root):
 
     from fastapi.testclient import TestClient
 
-    from deployments.agent_server import AgentServer
-    from deployments.http_app import build_http_app
-    from deployments.ingress_server import IngressServer, IngressSettings
-    from deployments.server import BaseLLMServer
-    from deployments.settings import BaseLLMSettings
+    from deployments.agent.server import AgentServer
+    from deployments.ingress.http_app import build_http_app
+    from deployments.ingress.server import IngressServer, IngressSettings
+    from deployments.base_llm.server import BaseLLMServer
+    from deployments.base_llm.settings import BaseLLMSettings
     from modelstore import ModelStore
 
     os.environ["JUSTNEWS_LIMITS_TEST_TOKEN"] = TOKEN

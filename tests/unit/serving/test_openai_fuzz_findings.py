@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent_graph import get_spec, load_agent_map, run_heuristic
-from deployments.http_app import build_http_app
-from deployments.ingress_server import IngressServer, IngressSettings
+from deployments.ingress.http_app import build_http_app
+from deployments.ingress.server import IngressServer, IngressSettings
 
 
 @pytest.fixture
@@ -43,8 +43,8 @@ def test_a_body_that_is_not_utf8_says_so(client):
 
 @pytest.fixture
 def hitl(store, monkeypatch):
-    from deployments.hitl_metrics import ingress_service
-    from deployments.hitl_routes import build_hitl_app
+    from deployments.review.metrics import ingress_service
+    from deployments.review.routes import build_hitl_app
 
     return TestClient(build_hitl_app(ingress_service(str(store.root), ["critic"])))
 

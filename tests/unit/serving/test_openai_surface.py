@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent_graph import get_spec, load_agent_map
-from deployments.agent_server import AgentServer
-from deployments.embeddings import EmbeddingServer
-from deployments.http_app import build_http_app
-from deployments.ingress_server import IngressServer, IngressSettings
-from deployments.openai_api import store_pin
+from deployments.agent.server import AgentServer
+from deployments.embeddings.server import EmbeddingServer
+from deployments.ingress.http_app import build_http_app
+from deployments.ingress.server import IngressServer, IngressSettings
+from deployments.ingress.openai_api import store_pin
 from rollout import CanaryController, CanaryRouter
 from rollout.router import pin_and_choose
 from rollout.state import CanaryBook
@@ -216,15 +216,15 @@ def test_a_mirroring_canary_shadows_chats_to_the_candidate(surface, candidate):
 
 
 def _request(model: str):
-    from deployments.openai_protocol import ChatCompletionRequest
+    from deployments.ingress.openai_protocol import ChatCompletionRequest
 
     return ChatCompletionRequest(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
 
 
 def test_chat_and_agent_route_through_the_one_pin_and_choose(store, candidate, monkeypatch):
     """The agents' adapter step and the chat path call the same routing function (nothing copied)."""
-    import deployments.agent_server as agent_server
-    import deployments.ingress_server as ingress_server
+    import deployments.agent.server as agent_server
+    import deployments.ingress.server as ingress_server
 
     seen = []
 

@@ -12,9 +12,9 @@ from ray.exceptions import ActorDiedError
 from agent_graph import get_spec, load_agent_map, run_heuristic
 from cluster import AgentNeed, assign_pools
 from cluster.demand import BaseFacts
-from deployments.agent_server import AgentServer
+from deployments.agent.server import AgentServer
 from deployments.errors import AdapterLoadFailedError
-from deployments.pool_router import PoolRouter, PoolUnavailableError, is_pool_unavailable
+from deployments.agent.pool_router import PoolRouter, PoolUnavailableError, is_pool_unavailable
 
 BASE = BaseFacts(ref="base_models@v1-tiny-mistral", approx_vram_mb={"fp32": 40, "bf16": 20, "bnb-int8": 15})
 

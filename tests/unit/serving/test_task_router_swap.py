@@ -14,9 +14,9 @@ from collections import Counter
 
 from agent_graph import default_map_path, get_spec, load_agent_map
 from agent_graph.schema import RECOMMENDED_FILE
-from deployments.agent_server import AgentServer
-from deployments.server import BaseLLMServer
-from deployments.settings import BaseLLMSettings
+from deployments.agent.server import AgentServer
+from deployments.base_llm.server import BaseLLMServer
+from deployments.base_llm.settings import BaseLLMSettings
 from tests.store_helpers import publish_copy
 
 SUMMARY, SYNTHESIS = "synthesizer/mistral_summary_v1", "synthesizer/mistral_synthesis_v1"
