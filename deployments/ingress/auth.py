@@ -2,8 +2,8 @@
 
 * **api** -- calling agents, the pipeline, the OpenAI routes, ``/healthz``, ``/docs``: the API token
   (``$JUSTNEWS_API_TOKEN``) or the admin token.
-* **admin** -- ``/stats``, ``/canary`` and every ``/hitl`` route but the reviewers' pages (operational figures and
-  the human-in-the-loop JSON API): the admin token (``$JUSTNEWS_ADMIN_TOKEN``) only; the API token gets 403. Where
+* **admin** -- ``/stats``, ``/canary`` and every ``/hitl`` route but the reviewers' pages and ``POST /hitl/items``
+  (which any API client may use to queue an answer for review by hand): the admin token (``$JUSTNEWS_ADMIN_TOKEN``) only; the API token gets 403. Where
   no admin token is set (allowed on loopback only) the API token stands in for it.
 * **reviewer** -- the reviewers' pages (``/hitl/``, ``/hitl/login``, ``/hitl/logout``, ``/hitl/review/...``): no
   bearer token (a browser sends none); :mod:`deployments.review.routes` checks the reviewer's own session cookie
@@ -26,7 +26,7 @@ from typing import Iterable, Literal, Mapping
 
 from deployments.errors import ForbiddenError, UnauthorizedError
 
-__all__ = ["Scope", "ADMIN_PATH_PREFIXES", "REVIEWER_PATHS", "MIN_TOKEN_CHARS", "InsecureBindingError", "TokenGuard", "is_loopback",
+__all__ = ["Scope", "ADMIN_PATH_PREFIXES", "REVIEWER_PATHS", "API_ROUTES", "MIN_TOKEN_CHARS", "InsecureBindingError", "TokenGuard", "is_loopback",
            "scope_of"]
 
 Scope = Literal["api", "admin", "reviewer"]
@@ -51,8 +51,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def scope_of(path: str) -> Scope:
-    """The scope a request path needs."""
+# Routes any API client may use inside an admin prefix: queueing an item for review by hand.
+API_ROUTES = (("POST", "/hitl/items"),)
+
+
+def scope_of(path: str, method: str = "GET") -> Scope:
+    """The scope a request (its path and method) needs."""
+    if (method.upper(), path) in API_ROUTES:
+        return "api"
     if any(path == p or (p.endswith("/") and len(p) > len("/hitl/") and path.startswith(p)) for p in REVIEWER_PATHS):
         return "reviewer"
     return "admin" if any(path == p or path.startswith(p + "/") for p in ADMIN_PATH_PREFIXES) else "api"

@@ -78,7 +78,7 @@ def build_http_app(server: IngressServer) -> FastAPI:
     @app.middleware("http")
     async def guards(request: Request, call_next):  # noqa: ANN001 - Starlette's signature
         try:
-            server.authorize(request.headers.get("authorization"), _app_path(request))
+            server.authorize(request.headers.get("authorization"), _app_path(request), request.method)
             if request.url.path in _UNGUARDED_BY_LIMIT:
                 return await call_next(request)
             with server.admit():

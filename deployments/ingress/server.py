@@ -118,14 +118,14 @@ class IngressServer:
 
     # -- guards -----------------------------------------------------------------------------------
 
-    def authorize(self, header: str | None, path: str = "/") -> None:
+    def authorize(self, header: str | None, path: str = "/", method: str = "GET") -> None:
         """Check ``Authorization: Bearer <token>`` for the scope ``path`` needs (nothing when no token is set).
 
         Raises:
             UnauthorizedError: missing or wrong token (401).
             ForbiddenError: the API token on an admin route (403).
         """
-        self.guard.authorize(header, scope_of(path), path)
+        self.guard.authorize(header, scope_of(path, method), path)
 
     @contextmanager
     def admit(self) -> Iterator[None]:

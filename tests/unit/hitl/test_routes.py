@@ -200,7 +200,9 @@ def test_inside_the_ingress_tokens_keep_their_scopes_and_pages_use_the_session(m
     item = example_item()
     body = {"agent": "critic", "input": item.input, "output": item.output}
     assert client.post("/hitl/items", json=body).status_code == 401
-    assert client.post("/hitl/items", json=body, headers={"Authorization": f"Bearer {API}"}).status_code == 403
+    # any API client may queue by hand (issue 14); reading the queue stays admin
+    assert client.post("/hitl/items", json=body, headers={"Authorization": f"Bearer {API}"}).status_code == 201
+    assert client.get("/hitl/items", headers={"Authorization": f"Bearer {API}"}).status_code == 403
     assert client.post("/hitl/items", json=body, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 201
     assert client.get("/hitl/stats", headers={"Authorization": f"Bearer {ALICE}"}).status_code == 401  # reviewer token is no bearer
     assert client.get("/hitl/login").status_code == 200  # a browser sends no bearer token
@@ -221,6 +223,14 @@ def test_only_the_reviewer_pages_leave_the_bearer_scopes(path, scope):
     from deployments.ingress.auth import scope_of
 
     assert scope_of(path) == scope
+
+
+def test_any_api_client_may_queue_an_item_by_hand_but_not_list_or_decide():
+    from deployments.ingress.auth import scope_of
+
+    assert scope_of("/hitl/items", "POST") == "api"
+    assert scope_of("/hitl/items", "GET") == "admin"
+    assert scope_of("/hitl/items/3/decision", "POST") == "admin"
 
 
 def test_a_released_claim_lets_the_other_reviewer_in(svc, hitl_store):

@@ -157,3 +157,14 @@ def test_the_ingress_reads_the_serve_host_from_the_controller_and_fails_closed(m
 
     monkeypatch.setattr(context, "_get_global_client", broken)
     assert _serve_http_host() == "<unknown: RuntimeError>" and not is_loopback(_serve_http_host())
+
+
+def test_the_api_token_may_queue_a_review_item_but_not_read_the_queue(monkeypatch):
+    """POST /hitl/items is open to any API client (issue 14); listing and deciding stay admin. This app has no
+    review routes, so a request the guard lets through ends in the router's 404/405, never 401/403."""
+    client = _client(_server(monkeypatch, API, ADMIN, http_host="0.0.0.0"))
+    bearer = {"Authorization": f"Bearer {API}"}
+    assert client.post("/hitl/items", json={}, headers=bearer).status_code in (404, 405)
+    assert client.post("/hitl/items", json={}).status_code == 401
+    assert client.get("/hitl/items", headers=bearer).status_code == 403
+    assert client.post("/hitl/items/3/decision", json={}, headers=bearer).status_code == 403
