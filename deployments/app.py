@@ -180,7 +180,12 @@ def _check_store(settings: AppSettings):
     bases = {str(store.resolve(e.base).ref) for e in agent_map.agents.values() if e.kind == "llm" and e.served}
     if len(bases) != 1:
         raise AppBuildError(f"the base pools serve one base, but the llm agents name {sorted(bases)}")
-    unknown = sorted(set(settings.pools) - {f"BaseLLM-{v}" for v in ("fp32", "bf16", "fp16", "bnb-int8", "bnb-4bit")})
+    from typing import get_args
+
+    from cluster.demand import Variant
+    from cluster.pools import pool_name
+
+    unknown = sorted(set(settings.pools) - {pool_name(v) for v in get_args(Variant)})
     if unknown:
         raise AppBuildError(f"pools args name {unknown}; pool names are 'BaseLLM-<variant>'")
     return store, agent_map, bases.pop()

@@ -79,7 +79,8 @@ class PoolRouter:
             PoolUnavailableError: every pool of the route was unavailable.
             Exception: whatever the answering pool raised, when it is not unavailability.
         """
-        why = []
+        why: list[str] = []
+        down: set[str] = set()
         for position, (name, call) in enumerate(self.route):
             for attempt in range(self.retries_per_pool + 1):
                 try:
@@ -90,6 +91,7 @@ class PoolRouter:
                     last = position == len(self.route) - 1 and attempt == self.retries_per_pool
                     self.unavailable[name] += 1
                     self.last_unavailable_at[name] = time.time()
+                    down.add(name)
                     why.append(f"{name}: {type(exc).__name__}")
                     log.warning("pool %s unavailable (%s); %s", name, type(exc).__name__, "none left" if last else
                                 "retrying it" if attempt < self.retries_per_pool else "trying the next pool")
@@ -98,8 +100,8 @@ class PoolRouter:
                     continue
                 self.answered[name] += 1
                 out = {**reply, "pool": name}
-                if why:
-                    out["unavailable_pools"] = sorted({w.split(":", 1)[0] for w in why})
+                if down:
+                    out["unavailable_pools"] = sorted(down)
                 return out
         raise PoolUnavailableError(f"no pool of the route {self.pools} is available ({'; '.join(why)})", self.pools)
 

@@ -132,17 +132,23 @@ class IngressDeployment:
     async def _status(self) -> dict[str, str]:
         """Each deployment's status as the Serve controller last reported it (read every ``STATUS_REFRESH_S``
         by a background task, so /healthz answers at once however busy the controller is), with a pool whose
-        replica callers just found dead marked unhealthy before the controller notices."""
-        if getattr(self, "_status_tasks", None) is None:
+        replica a caller just found dead marked unhealthy before the controller notices.
+
+        The callers' signal arrives two ways, neither polled: agent responses name the pools they found
+        unavailable (:meth:`_answer`), and the ingress' own chat routes keep theirs in their PoolRouters.
+        """
+        if getattr(self, "_status_task", None) is None:
             self._status_cache: tuple[float, dict[str, str]] = (0.0, {"serve_status": "starting"})
-            self._deaths: dict[str, float] = getattr(self, "_deaths", {})
-            loop = asyncio.get_running_loop()
-            self._status_tasks = (loop.create_task(self._watch_status()), loop.create_task(self._watch_deaths()))
+            self._status_task = asyncio.get_running_loop().create_task(self._watch_status())
             await asyncio.sleep(0)
         read_at, status = self._status_cache
         status = dict(status)
+        deaths = dict(getattr(self, "_deaths", {}))
+        for router in [*self._routers.values(), self._default_router]:
+            for pool, at in router.last_unavailable_at.items():
+                deaths[pool] = max(at, deaths.get(pool, 0.0))
         now = time.time()
-        for pool, died_at in self._deaths.items():
+        for pool, died_at in deaths.items():
             if status.get(pool) == "HEALTHY" and now - died_at < DEATH_HOLD_S:  # the controller has not noticed
                 status[pool] = f"UNHEALTHY: a replica died {now - died_at:.1f}s ago"
         if read_at and time.monotonic() - read_at > STATUS_STALE_S:
@@ -164,32 +170,6 @@ class IngressDeployment:
                 log.warning("could not read serve status: %s", exc)
                 self._status_cache = (time.monotonic(), {"serve_status": f"unavailable: {type(exc).__name__}"})
             await asyncio.sleep(STATUS_REFRESH_S)
-
-    async def _watch_deaths(self) -> None:
-        while True:
-            try:
-                polled = await self._recent_replica_deaths()
-                self._deaths = {p: max(t, self._deaths.get(p, 0.0)) for p, t in {**self._deaths, **polled}.items()}
-            except Exception:  # noqa: BLE001 - the controller's view still applies
-                log.exception("reading the agents' pool routes failed")
-            await asyncio.sleep(STATUS_REFRESH_S)
-
-    async def _recent_replica_deaths(self) -> dict[str, float]:
-        """Pool -> when (wall clock) a caller last found one of its replicas dead.
-
-        Callers see a dead replica at once (its in-flight requests fail); the controller notices at its next
-        health check, seconds later under load. Until it does, this is what turns /healthz degraded.
-        """
-        routers = [r.stats() for r in [*self._routers.values(), self._default_router]]
-        llm_agents = [n for n in self._agent_handles if n in self._routers]
-        replies = await asyncio.gather(*(asyncio.wait_for(self._agent_handles[n].stats.remote(), timeout=2)
-                                         for n in llm_agents), return_exceptions=True)
-        routers += [r.get("pools", {}) for r in replies if isinstance(r, dict)]
-        out: dict[str, float] = {}
-        for stats in routers:
-            for pool, at in (stats.get("last_unavailable_at") or {}).items():
-                out[pool] = max(out.get(pool, 0.0), at)
-        return out
 
 
 def _serve_http_host() -> str | None:

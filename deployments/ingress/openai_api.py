@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from agent_graph import AgentMap
-from deployments.errors import AdapterLoadFailedError, AdapterNotFoundError, InvalidRequestError, ModelNotFoundError
+from deployments.errors import InvalidRequestError, ModelNotFoundError, to_serve_error
 from deployments.limits import check_json_schema, check_prompt
 from deployments.ingress.openai_protocol import (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ChatCompletionChunk,
                                          ChatCompletionRequest, ChatCompletionResponse, EmbeddingData,
@@ -105,17 +105,13 @@ def store_pin(store: Any) -> Callable[[str], str]:
     The callable raises AdapterNotFoundError (404: namespace or version not in the store), InvalidRequestError
     (400: malformed ref) or AdapterLoadFailedError (500: the store's copy is broken).
     """
-    from modelstore.errors import ModelStoreError, NotFoundError, RefError
+    from modelstore.errors import ModelStoreError
 
     def pin(ref: str) -> str:
         try:
             return str(store.pin(ref))
-        except RefError as exc:
-            raise InvalidRequestError(str(exc)) from None
-        except NotFoundError as exc:
-            raise AdapterNotFoundError(str(exc)) from None
-        except ModelStoreError as exc:
-            raise AdapterLoadFailedError(str(exc)) from None
+        except ModelStoreError as exc:  # the one mapping: RefError 400, NotFoundError 404, the rest 500
+            raise to_serve_error(exc) from None
 
     return pin
 
