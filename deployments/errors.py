@@ -23,6 +23,8 @@ __all__ = [
     "RequestTooLargeError",
     "LimitExceededError",
     "SchemaTooLargeError",
+    "InvalidImageError",
+    "UnsupportedMediaTypeError",
     "SchemaCompileTimeoutError",
     "AdapterLoadFailedError",
     "OverloadedError",
@@ -87,6 +89,21 @@ class SchemaTooLargeError(RequestTooLargeError):
     """A JSON schema is larger than ``max_schema_bytes`` (413)."""
 
     error_type = "schema_too_large"
+
+
+class InvalidImageError(InvalidRequestError):
+    """An image cannot be admitted: corrupt or truncated, animated, a remote URL, or bytes that contradict
+    their declared media type (400)."""
+
+    error_type = "invalid_image"
+
+
+class UnsupportedMediaTypeError(ServeError, ValueError):
+    """An image (or other upload) is in a format this service does not decode; the message names the
+    supported ones (415)."""
+
+    status_code = 415
+    error_type = "unsupported_media_type"
 
 
 class SchemaCompileTimeoutError(InvalidRequestError):

@@ -4,7 +4,8 @@ A request that breaks a limit is refused at the edge it arrives at (the ingress 
 the BaseLLM replica for handle and agent calls) before it is tokenized, compiled or queued, with a 400 (or a
 413 for sizes) whose message names the field, the value and the limit. The protocol models
 (``deployments/base_llm/protocol.py``, ``deployments/ingress/openai_protocol.py``, ``deployments/engine/params.py``) take their
-bounds from :data:`LIMITS`; JSON schemas are checked by :func:`check_json_schema`. An operator changes a
+bounds from :data:`LIMITS`; JSON schemas are checked by :func:`check_json_schema`, images by
+``deployments.vision.images.admit_image`` (size, pixels from the header, format). An operator changes a
 limit with ``JUSTNEWS_ADMISSION_LIMITS='{"max_schema_depth": 16}'`` in every process's environment.
 
 Why a JSON schema needs limits of its own: xgrammar's compile time grows steeply with nesting (a 10 KB schema
@@ -26,7 +27,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from deployments.errors import LimitExceededError, RequestTooLargeError, SchemaTooLargeError
 
 __all__ = ["AdmissionLimits", "LIMITS", "LIMITS_ENV", "SEED_MIN", "SEED_MAX", "load_limits", "bounded_int", "Seed",
-           "MaxNewTokens", "ChoiceCount", "TopK", "check_json_schema", "schema_stats", "check_stops", "check_prompt"]
+           "MaxNewTokens", "ChoiceCount", "TopK", "check_json_schema", "schema_stats", "check_stops", "check_prompt",
+           "check_image_count", "PIL_BOMB_PIXELS"]
 
 # JSON object of AdmissionLimits fields overriding the defaults, read once per process at import (set it for
 # every process of the cluster alike, e.g. in the runtime_env of serve_config.yaml).
@@ -35,6 +37,10 @@ LIMITS_ENV = "JUSTNEWS_ADMISSION_LIMITS"
 # What torch.Generator.manual_seed accepts: int64's minimum (negatives are remapped) up to uint64's maximum.
 SEED_MIN = -(2**63)
 SEED_MAX = 2**64 - 1
+
+# Pillow's default Image.MAX_IMAGE_PIXELS: above it Image.open warns of a decompression bomb (above twice it,
+# raises). max_image_pixels stays at or below it, so an image the header check admits never trips Pillow's.
+PIL_BOMB_PIXELS = 89_478_485
 
 
 class AdmissionLimits(BaseModel):
@@ -62,12 +68,24 @@ class AdmissionLimits(BaseModel):
     max_prompt_chars: int = Field(
         200_000, ge=1, description="Longest prompt text or message content, in characters (413); token limits "
         "(EngineConfig.max_prompt_tokens) apply after this.")
+    max_image_bytes: int = Field(
+        8 * 1024 * 1024, ge=1, description="Largest encoded image, in bytes (413); a base64 string is measured "
+        "before it is decoded.")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, le=PIL_BOMB_PIXELS, description="Most pixels (width x height) of an image, read from "
+        "its header before any pixel is decoded (413).")
+    max_image_side: int = Field(8192, ge=1, description="Largest width or height of an image, in pixels (413).")
+    min_image_side: int = Field(8, ge=1, description="Smallest width or height of an image, in pixels (400).")
+    max_images_per_request: int = Field(4, ge=0, description="Most images in one request (413).")
 
     @model_validator(mode="after")
-    def _seed_range(self) -> "AdmissionLimits":
+    def _ranges(self) -> "AdmissionLimits":
         if not SEED_MIN <= self.seed_min <= self.seed_max <= SEED_MAX:
             raise ValueError(f"seed_min ({self.seed_min}) .. seed_max ({self.seed_max}) must lie within what the "
                              f"sampler accepts, {SEED_MIN} .. {SEED_MAX}")
+        if self.min_image_side > self.max_image_side:
+            raise ValueError(f"min_image_side ({self.min_image_side}) must be <= max_image_side "
+                             f"({self.max_image_side})")
         return self
 
 
@@ -129,6 +147,17 @@ def check_prompt(prompt: str | None = None, contents: list[str] = (), limits: Ad
         if len(text) > limits.max_prompt_chars:
             raise RequestTooLargeError(f"{what} has {len(text)} characters, more than max_prompt_chars "
                                        f"({limits.max_prompt_chars})")
+
+
+def check_image_count(n: int, limits: AdmissionLimits = LIMITS) -> None:
+    """Check how many images one request carries.
+
+    Raises:
+        RequestTooLargeError: more than ``max_images_per_request`` (413).
+    """
+    if n > limits.max_images_per_request:
+        raise RequestTooLargeError(f"the request has {n} images, more than max_images_per_request "
+                                   f"({limits.max_images_per_request})")
 
 
 def schema_stats(schema: Any, stop_depth: int | None = None, max_nodes: int | None = None) -> dict[str, int]:
