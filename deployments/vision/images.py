@@ -43,6 +43,8 @@ MEDIA_TYPES: dict[str, tuple[str, ...]] = {
 }
 SUPPORTED_FORMATS = tuple(MEDIA_TYPES)
 _SUPPORTED = "supported formats are PNG, JPEG and WebP"
+# Declared types that say nothing (a multipart upload's default): treated as undeclared, the bytes decide.
+_GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
 
 # Magic bytes of formats we refuse, only to name them in the 415.
 _OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -97,17 +99,21 @@ def _unsupported(data: bytes, field: str) -> UnsupportedMediaTypeError:
     return UnsupportedMediaTypeError(f"{field} {what}; {_SUPPORTED}")
 
 
+def _media_type(declared: str | None) -> str | None:
+    declared = (declared or "").split(";")[0].strip().lower()
+    return None if not declared or declared in _GENERIC_TYPES else declared
+
+
 def _check_declared(declared: str | None, fmt: str, field: str) -> None:
-    if not declared:
-        return
-    declared = declared.split(";")[0].strip().lower()
-    if declared not in MEDIA_TYPES[fmt]:
+    declared = _media_type(declared)
+    if declared is not None and declared not in MEDIA_TYPES[fmt]:
         raise InvalidImageError(f"{field} is declared as {declared!r} but its bytes are {fmt} "
                                 f"({MEDIA_TYPES[fmt][0]})")
 
 
 def _check_declared_supported(declared: str | None, field: str) -> None:
-    if declared and declared.split(";")[0].strip().lower() not in {t for ts in MEDIA_TYPES.values() for t in ts}:
+    declared = _media_type(declared)
+    if declared is not None and declared not in {t for ts in MEDIA_TYPES.values() for t in ts}:
         raise UnsupportedMediaTypeError(f"{field} is declared as {declared!r}; {_SUPPORTED}")
 
 
@@ -179,7 +185,9 @@ def _open(data: bytes, fmt: str, field: str) -> Image.Image:
                                    f"more than max_image_pixels: {exc}") from None
     except Image.UnidentifiedImageError:  # its message names the BytesIO object, not the problem
         raise InvalidImageError(f"{field} starts like {fmt} but no valid {fmt} header follows") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error...: the bytes' fault
         raise InvalidImageError(f"{field} is not a readable {fmt} image: {exc}") from None
 
 
@@ -246,7 +254,9 @@ def admit_image(source: bytes | bytearray | memoryview | str, limits: AdmissionL
             rgb = _to_rgb(img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise RequestTooLargeError(f"{field} exceeds Pillow's decompression-bomb limit: {exc}") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a fuzzed EXIF block raises struct.error from exif_transpose
             raise InvalidImageError(f"{field} is a truncated or corrupt {fmt} image: {exc}") from None
     finally:
         img.close()

@@ -193,6 +193,48 @@ def test_a_data_url_without_media_type_is_sniffed():
     assert admit_image(f"data:;base64,{base64.b64encode(PNG).decode()}").format == "PNG"
 
 
+@pytest.mark.parametrize("generic", ["application/octet-stream", "Application/Octet-Stream; name=x", "", None])
+def test_a_generic_declared_type_lets_the_bytes_decide(generic):
+    """A multipart part without a specific Content-Type says octet-stream; that contradicts nothing."""
+    assert admit_image(JPEG, media_type=generic).format == "JPEG"
+    assert admit_image(data_url(WEBP, generic or "")).format == "WEBP"
+
+
+def test_a_corrupt_exif_block_is_400_not_500():
+    """Found by fuzzing: one byte of the EXIF header changed makes exif_transpose raise struct.error."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010E] = 6, "desc"
+    data = bytearray(encode(noise(), "JPEG", exif=exif))
+    data[41] = 69
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refused(bytes(data), InvalidImageError, 400, "corrupt JPEG")
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fuzzed_images_are_admitted_or_refused_never_crash():
+    """Seeded byte flips and cuts of each format: every outcome is an image or a 4xx ServeError."""
+    rng = random.Random(0)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010E] = 6, "desc"
+    seeds = [PNG, JPEG, WEBP, encode(noise(), "JPEG", exif=exif, progressive=True),
+             encode(noise().convert("P"), "PNG"), encode(noise(), "WEBP", lossless=True, exif=exif)]
+    outcomes = set()
+    for _ in range(1500):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[:rng.randrange(len(data))]
+        try:
+            admit_image(bytes(data))
+            outcomes.add(200)
+        except ServeError as exc:
+            assert 400 <= exc.status_code < 500, exc
+            outcomes.add(exc.status_code)
+    assert {200, 400, 415} <= outcomes
+
+
 def test_other_python_types_are_400():
     refused(12345, InvalidImageError, 400, "got int")
 
