@@ -1,5 +1,9 @@
 """``modelstore``: the operator's command line for the store.
 
+Refs name the text base (``base_models@<version>``), a named base (``base_models/<name>@<version>``,
+e.g. the vision-language one) or an adapter (``<agent>/<adapter>@<version>``); list, verify, promote,
+rollback and gc take any of them.
+
 Every command takes ``--root`` (default ``$MODEL_STORE_ROOT``) and ``--json`` for scripts. Exit codes:
 0 success, 1 a check or verification found problems, 2 a refused or invalid request.
 """
@@ -37,7 +41,8 @@ def cmd_publish(args) -> int:
         src = (LocalDirSource(args.from_dir) if args.from_dir
                else HuggingFaceSource(args.hf_repo, args.revision)).materialise()
         manifest = store.publish_base(src.directory, args.version, source=src.source, metadata=meta,
-                                      force=args.force, promote=not args.no_promote, include=src.include)
+                                      force=args.force, promote=not args.no_promote, include=src.include,
+                                      name=args.name)
     else:
         summary = json.loads(Path(args.training_summary).read_text()) if args.training_summary else None
         src = LocalDirSource(args.from_dir).materialise()
@@ -157,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--revision", default="main", help="HF revision to pin (resolved to a commit)")
     pub.add_argument("--metadata", help="JSON metadata file (base): license, approx_vram_mb, ...")
     pub.add_argument("--agent", help="agent namespace (adapter)")
-    pub.add_argument("--name", help="adapter name (adapter)")
+    pub.add_argument("--name", help="adapter name (adapter); for a base, the named base base_models/NAME to "
+                     "publish into (default: the text base base_models)")
     pub.add_argument("--base-ref", default="base_models@current", help="base the adapter targets")
     pub.add_argument("--training-summary", help="training_summary.json to embed (adapter)")
     pub.add_argument("--force", action="store_true", help="replace an existing version")

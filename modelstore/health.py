@@ -1,8 +1,9 @@
 """``modelstore check``: the store-wide health check CI runs (the seed's Phase 5).
 
-Checks every namespace: ``current`` points at a published version; every manifest validates;
-checksums match; VRAM figures are within sane bounds (enforced by the manifest model); the variants a
-base offers are consistent with its files; every adapter's base ref resolves and the adapter still fits
+Checks every namespace (the text base, the named bases, the adapters): ``current`` points at a published
+version; every manifest validates; checksums match; VRAM figures are within sane bounds (enforced by the
+manifest model); the variants a base offers are consistent with its files, and a vision-language base's
+image facts with its config; every adapter's base ref resolves and the adapter still fits
 that base; no publish was left half-way in ``.staging``.
 
 A check never stops at the first problem: each version is checked on its own and whatever goes wrong
@@ -48,6 +49,8 @@ def _variant_problems(where: str, manifest, version_dir) -> list[str]:
             problems.append(f"{where}: pre-quantised ({method}) snapshot cannot offer variants {extra}")
     if manifest.tokenizer and not any(f.startswith("tokenizer") for f in files):
         problems.append(f"{where}: manifest names a tokenizer but no tokenizer file is published")
+    if manifest.vision is not None:
+        problems += [f"{where}: {p}" for p in validate.vision_problems(files, config, manifest.vision)]
     return problems
 
 

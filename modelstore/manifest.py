@@ -2,19 +2,21 @@
 
 It records where the bytes came from, what they are (every file with size and sha256) and the metadata
 placement needs: ``approx_vram_mb`` per variant, ``quantized_variants``, ``peft_support`` and the
-``variant_preference`` hint. Adapters also record their base ref, rank, alpha, target modules, size on
+``variant_preference`` hint. A vision-language base also records its ``vision`` facts (tower, image
+processor, image size, tokens per image). Adapters also record their base ref, rank, alpha, target modules, size on
 disk and, when trained here, a ``training_summary``.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .refs import validate_version
+from .refs import is_base_namespace, validate_version
 
 __all__ = [
     "Variant",
@@ -24,6 +26,7 @@ __all__ = [
     "FileEntry",
     "Source",
     "TokenizerInfo",
+    "VisionInfo",
     "AdapterInfo",
     "Manifest",
     "ModelMetadata",
@@ -86,6 +89,46 @@ class TokenizerInfo(BaseModel):
     chat_template: bool = Field(description="Whether tokenizer_config.json carries a chat template.")
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Bounds that catch typos, not models: a 1 px patch is legal, a 100k px image is not an input we serve.
+IMAGE_SIZE_BOUNDS = (8, 8192)
+TOKENS_PER_IMAGE_BOUNDS = (1, 65536)
+MAX_IMAGES_BOUNDS = (1, 64)
+
+
+class VisionInfo(BaseModel):
+    """What a vision-language base does with images: the facts placement and request admission need."""
+
+    model_config = _Strict
+
+    vision_tower: str = Field(description="Architecture class of the vision encoder, e.g. 'CLIPVisionModel'.")
+    image_processor: str = Field(description="Image processor class, e.g. 'LlavaNextImageProcessor'.")
+    image_size: int = Field(description="Side of the square input the tower sees, px (a tile, for anyres models).")
+    patch_size: int = Field(description="Side of one ViT patch, px; image_size is a multiple of it.")
+    tokens_per_image: int = Field(description="Language-model tokens one image costs, at most (anyres: the "
+                                  "largest tile grid), so a prompt's length and KV cache can be bounded.")
+    image_token: str = Field(description="The placeholder token a prompt marks an image with, e.g. '<image>'.")
+    max_images_per_request: int = Field(default=1, description="Image slots the model handles in one prompt.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "VisionInfo":
+        for field in ("vision_tower", "image_processor"):
+            value = getattr(self, field)
+            if not _IDENTIFIER.match(value):
+                raise ValueError(f"{field} ({value!r}) must be a class name matching {_IDENTIFIER.pattern}")
+        for field, (lo, hi) in (("image_size", IMAGE_SIZE_BOUNDS), ("tokens_per_image", TOKENS_PER_IMAGE_BOUNDS),
+                                ("max_images_per_request", MAX_IMAGES_BOUNDS), ("patch_size", (1, self.image_size))):
+            value = getattr(self, field)
+            if not lo <= value <= hi:
+                raise ValueError(f"{field} ({value}) must be within [{lo}, {hi}]")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if not self.image_token or self.image_token != self.image_token.strip() or len(self.image_token) > 64:
+            raise ValueError(f"image_token ({self.image_token!r}) must be 1 to 64 characters without surrounding "
+                             "whitespace")
+        return self
+
+
 class AdapterInfo(BaseModel):
     """PEFT LoRA facts of an adapter version."""
 
@@ -112,6 +155,7 @@ class ModelMetadata(BaseModel):
     peft_support: bool | None = Field(default=None, description="Whether PEFT adapters may target this base.")
     variant_preference: list[Variant] = Field(default_factory=list, description="Preferred variants, best first.")
     tokenizer: TokenizerInfo | None = Field(default=None, description="Tokenizer facts.")
+    vision: VisionInfo | None = Field(default=None, description="Image facts of a vision-language base.")
     vram_notes: str | None = Field(default=None, description="Where the VRAM figures come from.")
     notes: str | None = Field(default=None, description="Free text.")
 
@@ -123,7 +167,7 @@ class Manifest(BaseModel):
 
     schema_version: Literal[1] = Field(default=1, description="Manifest format version.")
     kind: Literal["base", "adapter"] = Field(description="Base model or PEFT adapter.")
-    namespace: str = Field(description="'base_models' or '<agent>/<adapter>'.")
+    namespace: str = Field(description="'base_models', 'base_models/<name>' or '<agent>/<adapter>'.")
     version: str = Field(description="Version tag.")
     model_id: str = Field(description="Human-readable model name.")
     architecture: str | None = Field(default=None, description="transformers architecture class.")
@@ -136,6 +180,7 @@ class Manifest(BaseModel):
     peft_support: bool = Field(description="Whether PEFT adapters may target this model.")
     variant_preference: list[Variant] = Field(default_factory=list, description="Preferred variants, best first.")
     tokenizer: TokenizerInfo | None = Field(default=None, description="Tokenizer facts (bases).")
+    vision: VisionInfo | None = Field(default=None, description="Image facts (vision-language bases).")
     adapter: AdapterInfo | None = Field(default=None, description="LoRA facts (adapters).")
     training_summary: dict[str, Any] | None = Field(default=None, description="Training run summary, if trained here.")
     vram_notes: str | None = Field(default=None, description="Where the VRAM figures come from.")
@@ -157,7 +202,9 @@ class Manifest(BaseModel):
             raise ValueError("an adapter manifest needs the 'adapter' section")
         if self.kind == "base" and self.adapter is not None:
             raise ValueError("a base manifest must not carry an 'adapter' section")
-        if (self.kind == "base") != (self.namespace == "base_models"):
+        if self.kind == "adapter" and self.vision is not None:
+            raise ValueError("an adapter manifest must not carry a 'vision' section (it belongs to the base)")
+        if (self.kind == "base") != is_base_namespace(self.namespace):
             raise ValueError(f"kind {self.kind!r} does not match namespace {self.namespace!r}")
         if not self.approx_vram_mb:
             raise ValueError("approx_vram_mb must name at least one variant")

@@ -3,10 +3,15 @@
 A reference arrives once as a string (CLI, config, HTTP header) and becomes a frozen ref; only refs the
 store knows ever become filesystem paths. Forms::
 
-    base_models@v20251123-mistral-v0.3      the base namespace, a pinned version
+    base_models@v20251123-mistral-v0.3      the text base namespace, a pinned version
     base_models@current                     whatever ``current`` points at
+    base_models/llava_tiny@v1-tiny-llava    a named base (a second base model, e.g. vision-language)
+    base_models/llava_tiny                  same as ``@current``
     synthesizer/mistral_synth_v1@v1         an agent's adapter, pinned
     synthesizer/mistral_synth_v1            same as ``@current``
+
+A named base's name is an identifier like an agent's, except ``versions`` and ``current``: those are
+the text base's own entries in ``<root>/base_models/``, beside which every named base lives.
 
 Anything else -- ``..``, absolute paths, empty parts, path separators inside a part, whitespace -- is
 refused with a :class:`~modelstore.errors.RefError` that quotes the input.
@@ -20,10 +25,13 @@ from typing import Union
 
 from .errors import RefError
 
-__all__ = ["BASE_NAMESPACE", "CURRENT", "BaseRef", "AdapterRef", "ModelRef", "parse_ref", "validate_version"]
+__all__ = ["BASE_NAMESPACE", "CURRENT", "RESERVED_BASE_NAMES", "BaseRef", "AdapterRef", "ModelRef", "is_base_namespace",
+           "parse_ref", "validate_version"]
 
 BASE_NAMESPACE = "base_models"
 CURRENT = "current"
+# A named base lives in <root>/base_models/<name>/, beside the text base's versions/ and current.
+RESERVED_BASE_NAMES = frozenset({"versions", CURRENT})
 
 # Names are identifiers so they are safe as directory names on every filesystem we care about.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -43,6 +51,14 @@ def _check_name(raw: str, part: str, what: str) -> str:
     return part
 
 
+def _check_base_name(raw: str, name: str) -> str:
+    _check_name(raw, name, "base name")
+    if name in RESERVED_BASE_NAMES:
+        raise RefError(f"invalid model ref {raw!r}: base name {name!r} is reserved "
+                       f"({', '.join(sorted(RESERVED_BASE_NAMES))} are the text base's own entries)")
+    return name
+
+
 def validate_version(version: str, raw: str | None = None) -> str:
     """Return ``version`` if it is a legal version tag, else raise :class:`RefError`."""
     shown = raw if raw is not None else version
@@ -57,23 +73,28 @@ def validate_version(version: str, raw: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BaseRef:
-    """A version of the base model namespace."""
+    """A version of a base model namespace: the text base (``name`` None) or a named base."""
 
     version: str = CURRENT
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None:  # a name becomes a directory: refuse what parse_ref would refuse
+            _check_base_name(f"{BASE_NAMESPACE}/{self.name}@{self.version}", self.name)
 
     @property
     def namespace(self) -> str:
-        return BASE_NAMESPACE
+        return BASE_NAMESPACE if self.name is None else f"{BASE_NAMESPACE}/{self.name}"
 
     @property
     def kind(self) -> str:
         return "base"
 
     def with_version(self, version: str) -> "BaseRef":
-        return BaseRef(validate_version(version))
+        return BaseRef(validate_version(version), self.name)
 
     def __str__(self) -> str:
-        return f"{BASE_NAMESPACE}@{self.version}"
+        return f"{self.namespace}@{self.version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +161,20 @@ def parse_ref(raw: object) -> ModelRef:
             )
         return BaseRef(version)
     if len(parts) == 2:
+        if parts[0] == BASE_NAMESPACE:
+            return BaseRef(version, _check_base_name(raw, parts[1]))
         agent = _check_name(raw, parts[0], "agent")
-        if agent == BASE_NAMESPACE:
-            raise RefError(f"invalid model ref {raw!r}: {BASE_NAMESPACE!r} holds no adapters")
         name = _check_name(raw, parts[1], "adapter name")
         return AdapterRef(agent, name, version)
-    raise RefError(f"invalid model ref {raw!r}: expected 'base_models@<version>' or '<agent>/<adapter>@<version>'")
+    raise RefError(f"invalid model ref {raw!r}: expected 'base_models[/<base>]@<version>' or "
+                   "'<agent>/<adapter>@<version>'")
+
+
+def is_base_namespace(namespace: str) -> bool:
+    """Whether ``namespace`` (no ``@version``) names a base: ``base_models`` or ``base_models/<name>``."""
+    if "@" in namespace:
+        return False
+    try:
+        return isinstance(parse_ref(namespace), BaseRef)
+    except RefError:
+        return False

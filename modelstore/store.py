@@ -4,6 +4,8 @@ Layout (``root`` from ``MODEL_STORE_ROOT``)::
 
     <root>/base_models/versions/<version>/{manifest.json, config.json, *.safetensors, tokenizer...}
     <root>/base_models/current -> versions/<version>
+    <root>/base_models/<name>/versions/<version>/{manifest.json, config.json, processor files...}
+    <root>/base_models/<name>/current -> versions/<version>      (a named base, e.g. a vision-language one)
     <root>/<agent>/adapters/<adapter>/versions/<version>/{manifest.json, adapter_config.json, ...}
     <root>/<agent>/adapters/<adapter>/current -> versions/<version>
     <root>/.staging/   in-flight publishes (leftovers: ``modelstore gc --staging`` or the next publish)
@@ -36,7 +38,8 @@ from .fsutil import atomic_symlink, fsync_dir
 from .history import append_event, read_events, replay
 from .integrity import file_problems
 from .manifest import AdapterInfo, FileEntry, Manifest, ModelMetadata, Source
-from .refs import BASE_NAMESPACE, CURRENT, AdapterRef, BaseRef, ModelRef, parse_ref, validate_version
+from .refs import (BASE_NAMESPACE, CURRENT, RESERVED_BASE_NAMES, AdapterRef, BaseRef, ModelRef, parse_ref,
+                   validate_version)
 from .publish import MANIFEST, STAGING, publish_version, remove_leftovers
 
 __all__ = ["DEFAULT_ROOT", "default_root", "Resolved", "VerifyReport", "ModelStore"]
@@ -78,7 +81,7 @@ class ModelStore:
     def namespace_dir(self, ref: ModelRef | str) -> Path:
         ref = parse_ref(ref)
         if isinstance(ref, BaseRef):
-            return self.root / BASE_NAMESPACE
+            return self.root / BASE_NAMESPACE if ref.name is None else self.root / BASE_NAMESPACE / ref.name
         return self.root / ref.agent / "adapters" / ref.name
 
     def _lock(self, timeout: float = -1) -> FileLock:
@@ -154,11 +157,19 @@ class ModelStore:
             raise ManifestError(f"{path} does not validate ({exc.error_count()} error(s)): {detail}") from exc
 
     def namespaces(self) -> Iterator[ModelRef]:
-        """Every namespace that has a versions/ directory: the base first, then adapters sorted."""
-        if (self.root / BASE_NAMESPACE / "versions").is_dir():
+        """Every namespace that has a versions/ directory: the text base first, then the named bases and
+        the adapters, each sorted."""
+        bases = self.root / BASE_NAMESPACE
+        if (bases / "versions").is_dir():
             yield BaseRef()
         if not self.root.is_dir():
             return
+        for d in sorted(p for p in bases.iterdir() if p.is_dir()) if bases.is_dir() else []:
+            if d.name not in RESERVED_BASE_NAMES and (d / "versions").is_dir():
+                try:
+                    yield BaseRef(name=d.name)
+                except ModelStoreError:
+                    continue  # not a legal base name: not ours
         for agent_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if agent_dir.name == BASE_NAMESPACE or not (agent_dir / "adapters").is_dir():
                 continue
@@ -180,8 +191,9 @@ class ModelStore:
     def publish_base(self, source_dir: str | os.PathLike, version: str, *, source: Source | None = None,
                      metadata: ModelMetadata | None = None, force: bool = False, promote: bool = True,
                      measure: Callable[[Path], dict[str, int]] | None = None,
-                     include: list[str] | None = None) -> Manifest:
-        """Publish a base model directory (config.json + safetensors + tokenizer) as ``base_models@version``.
+                     include: list[str] | None = None, name: str | None = None) -> Manifest:
+        """Publish a base model directory (config.json + safetensors + tokenizer) as ``base_models@version``,
+        or as the named base ``base_models/<name>@version``.
 
         Args:
             source_dir: directory to copy from.
@@ -193,8 +205,10 @@ class ModelStore:
             measure: optional callback ``(staged_dir) -> {variant: MiB}`` run on the staged copy; its
                 figures override ``metadata.approx_vram_mb`` (the embedded default is measured this way).
             include: relative paths to publish (a source's selection); default every file.
+            name: the named base to publish into (its own versions, current and history); None: the text base.
         """
         meta = metadata or ModelMetadata()
+        ref = BaseRef(validate_version(version), name)
 
         def build(staged: Path, files: list[FileEntry]) -> Manifest:
             validate.check_base_files([f.path for f in files])
@@ -204,8 +218,12 @@ class ModelStore:
             if not vram:
                 raise ManifestError("base metadata must give approx_vram_mb for at least one variant")
             config = json.loads((staged / "config.json").read_text())
+            if meta.vision is not None:
+                problems = validate.vision_problems([f.path for f in files], config, meta.vision)
+                if problems:
+                    raise ManifestError(f"{ref}: the vision metadata does not fit the files: {'; '.join(problems)}")
             return Manifest(
-                kind="base", namespace=BASE_NAMESPACE, version=version,
+                kind="base", namespace=ref.namespace, version=version,
                 model_id=meta.model_id or config.get("_name_or_path") or "unnamed",
                 architecture=meta.architecture or (config.get("architectures") or [None])[0],
                 source=source or Source(type="local", path=str(Path(source_dir).resolve())),
@@ -214,11 +232,10 @@ class ModelStore:
                 quantized_variants=meta.quantized_variants or [v for v in vram if v.startswith("bnb-")],
                 peft_support=True if meta.peft_support is None else meta.peft_support,
                 variant_preference=meta.variant_preference, tokenizer=meta.tokenizer,
-                vram_notes=meta.vram_notes, notes=meta.notes,
+                vision=meta.vision, vram_notes=meta.vram_notes, notes=meta.notes,
             )
 
-        return publish_version(self, BaseRef(validate_version(version)), Path(source_dir), build, force=force,
-                               promote=promote, include=include)
+        return publish_version(self, ref, Path(source_dir), build, force=force, promote=promote, include=include)
 
     def publish_adapter(self, agent: str, name: str, source_dir: str | os.PathLike, version: str, *,
                         base_ref: str = "base_models@current", source: Source | None = None,

@@ -1,5 +1,6 @@
 """Structural checks on what is being published: a base has a config and safetensors weights; a PEFT
-adapter fits its base (every target module exists and is a linear layer, LoRA shapes match).
+adapter fits its base (every target module exists and is a linear layer, LoRA shapes match); a
+vision-language base's ``vision`` facts agree with its config and it ships its image processor.
 
 The base architecture is instantiated on the ``meta`` device, so validating an adapter for Mistral-7B
 reads two JSON files and the adapter's safetensors header -- never the 14 GB of base weights.
@@ -16,11 +17,13 @@ from typing import Any
 from .errors import AdapterValidationError, ManifestError
 from .integrity import safetensors_problem
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "check_base_files", "check_adapter_files",
-           "read_adapter_config", "validate_adapter_against_base"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "PROCESSOR_CONFIGS", "check_base_files", "check_adapter_files",
+           "image_tokens_from_config", "read_adapter_config", "validate_adapter_against_base", "vision_problems"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# transformers 5 saves a processor as processor_config.json; 4.x (and most hub snapshots) as preprocessor_config.json.
+PROCESSOR_CONFIGS = ("processor_config.json", "preprocessor_config.json")
 # PEFT tensor names: base_model.model.<module path>.lora_A.weight (adapter name stripped on save).
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
 
@@ -31,6 +34,51 @@ def check_base_files(rel_files: list[str]) -> None:
         raise ManifestError("a base model needs config.json at the top of its directory")
     if not any(f.endswith(".safetensors") for f in rel_files):
         raise ManifestError("a base model needs .safetensors weights")
+
+
+def image_tokens_from_config(config: dict[str, Any]) -> int | None:
+    """The most language-model tokens one image costs, computed from a LLaVA or LLaVA-NeXT config.
+
+    LLaVA: one token per patch, plus the CLS token when ``vision_feature_select_strategy`` is ``full``.
+    LLaVA-NeXT (anyres, ``default`` strategy): the base image's tokens plus, for the largest grid of
+    ``image_grid_pinpoints``, one token per patch of every tile and one newline token per row of patches.
+    None for other architectures and for configs that leave these figures to the class defaults.
+    """
+    vision = config.get("vision_config") or {}
+    model_type = config.get("model_type")
+    if model_type not in ("llava", "llava_next") or not vision.get("image_size") or not vision.get("patch_size"):
+        return None
+    side = vision["image_size"] // vision["patch_size"]
+    full = config.get("vision_feature_select_strategy") == "full"
+    if model_type == "llava":
+        return side * side + full
+    if full or not config.get("image_grid_pinpoints"):
+        return None  # anyres with the CLS token kept, or grids left to the class default: not counted here
+    base = side * side
+    tile = vision["image_size"]
+    # An image of exactly a grid's shape needs no unpadding, so the largest grid gives the most tokens.
+    grids = [(h // tile * side, w // tile * side) for h, w in config["image_grid_pinpoints"]]
+    return base + max(rows * cols + rows for rows, cols in grids)
+
+
+def vision_problems(rel_files: list[str], config: dict[str, Any], vision: Any) -> list[str]:
+    """What is wrong between a base's ``vision`` facts (a :class:`~modelstore.manifest.VisionInfo`), its
+    config.json and its files; empty when they agree."""
+    problems = []
+    if not any(f in rel_files for f in PROCESSOR_CONFIGS):
+        problems.append(f"no image processor config is published (one of {', '.join(PROCESSOR_CONFIGS)})")
+    vcfg = config.get("vision_config")
+    if not isinstance(vcfg, dict):
+        return problems + ["config.json has no vision_config"]
+    for field in ("image_size", "patch_size"):
+        if field in vcfg and vcfg[field] != getattr(vision, field):
+            problems.append(f"vision.{field} ({getattr(vision, field)}) != config.json "
+                            f"vision_config.{field} ({vcfg[field]})")
+    expected = image_tokens_from_config(config)
+    if expected is not None and vision.tokens_per_image != expected:
+        problems.append(f"vision.tokens_per_image ({vision.tokens_per_image}) != {expected}, the most the "
+                        f"{config.get('model_type')} config gives one image")
+    return problems
 
 
 def check_adapter_files(rel_files: list[str]) -> None:
@@ -65,13 +113,16 @@ def _linear_modules(base_dir: Path) -> dict[str, tuple[int, int]]:
 def _linear_modules_cached(config_text: str) -> tuple[tuple[str, tuple[int, int]], ...]:
     # Keyed by the config's text: versions of one architecture share the (meta-device) walk.
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config_dict = json.loads(config_text)
     config_dict.pop("quantization_config", None)  # shapes come from the plain architecture
     config = AutoConfig.for_model(**config_dict)
+    # A vision-language base (LLaVA) is no causal LM to the auto classes; its language model's linears are
+    # what a LoRA adapter targets, under model.language_model.
+    auto = AutoModelForImageTextToText if "vision_config" in config_dict else AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        model = auto.from_config(config, trust_remote_code=False)
     return tuple(
         (name, (mod.in_features, mod.out_features))
         for name, mod in model.named_modules()

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from modelstore.manifest import AdapterInfo, FileEntry, Manifest, ModelMetadata, Source, TokenizerInfo
+from modelstore.manifest import AdapterInfo, FileEntry, Manifest, ModelMetadata, Source, TokenizerInfo, VisionInfo
 
 SHA = "a" * 64
 FILE = {"path": "model.safetensors", "size": 10, "sha256": SHA}
@@ -16,6 +16,9 @@ BASE = {
     "approx_vram_mb": {"fp16": 100, "bnb-int8": 60}, "quantized_variants": ["bnb-int8"], "peft_support": True,
 }
 ADAPTER_INFO = {"base_ref": "base_models@v1", "rank": 8, "alpha": 16, "target_modules": ["q_proj"], "size_bytes": 10}
+VISION = {"vision_tower": "CLIPVisionModel", "image_processor": "CLIPImageProcessor", "image_size": 336,
+          "patch_size": 14, "tokens_per_image": 2928, "image_token": "<image>"}
+VISION_BASE = {**BASE, "namespace": "base_models/llava_tiny", "vision": VISION}
 ADAPTER = {**BASE, "kind": "adapter", "namespace": "critic/mistral_critic_v1", "quantized_variants": [],
            "approx_vram_mb": {"fp16": 1}, "peft_support": False, "adapter": ADAPTER_INFO}
 
@@ -27,6 +30,11 @@ VALID = [
     (ModelMetadata, {"license": "MIT", "approx_vram_mb": {"fp16": 5}}),
     (Manifest, BASE),
     (Manifest, ADAPTER),
+    (VisionInfo, VISION),
+    (VisionInfo, {**VISION, "max_images_per_request": 4}),
+    (ModelMetadata, {"license": "MIT", "approx_vram_mb": {"fp16": 5}, "vision": VISION}),
+    (Manifest, VISION_BASE),
+    (Manifest, {**BASE, "namespace": "base_models/llava_tiny"}),
 ]
 
 INVALID = [
@@ -55,6 +63,30 @@ INVALID = [
     (Manifest, {**BASE, "files": [FILE, FILE]}),
     (Manifest, {**BASE, "version": "../v1"}),
     (Manifest, {**BASE, "schema_version": 2}),
+    (Manifest, {**BASE, "namespace": "base_models/versions"}),
+    (Manifest, {**BASE, "namespace": "base_models@v1"}),
+    (Manifest, {**ADAPTER, "namespace": "base_models/llava_tiny"}),
+    (Manifest, {**ADAPTER, "vision": VISION}),
+    (Manifest, {**VISION_BASE, "vision": {**VISION, "extra": 1}}),
+    (VisionInfo, {**VISION, "unknown_field": 1}),
+    (VisionInfo, {k: v for k, v in VISION.items() if k != "tokens_per_image"}),
+]
+
+# Each bad value of the vision section, and what the message must say: the value and the limit.
+VISION_BAD = [
+    ({"image_size": 4}, "image_size (4) must be within [8, 8192]"),
+    ({"image_size": 100_000}, "image_size (100000) must be within [8, 8192]"),
+    ({"patch_size": 0}, "patch_size (0) must be within [1, 336]"),
+    ({"patch_size": 400}, "patch_size (400) must be within [1, 336]"),
+    ({"patch_size": 15}, "image_size (336) must be a multiple of patch_size (15)"),
+    ({"tokens_per_image": 0}, "tokens_per_image (0) must be within [1, 65536]"),
+    ({"max_images_per_request": 0}, "max_images_per_request (0) must be within [1, 64]"),
+    ({"max_images_per_request": 65}, "max_images_per_request (65) must be within [1, 64]"),
+    ({"image_token": ""}, "image_token ('')"),
+    ({"image_token": " <image>"}, "image_token (' <image>') must be 1 to 64 characters"),
+    ({"vision_tower": "CLIP Vision"}, "vision_tower ('CLIP Vision') must be a class name"),
+    ({"image_processor": "../x"}, "image_processor ('../x') must be a class name"),
+    ({"image_size": "big"}, "image_size"),
 ]
 
 
@@ -85,3 +117,17 @@ def test_shipped_mistral_metadata_validates():
     meta = ModelMetadata.model_validate_json(text)
     assert meta.license == "Apache-2.0"
     assert meta.approx_vram_mb["bnb-4bit"] < meta.approx_vram_mb["bnb-int8"] < meta.approx_vram_mb["fp16"]
+
+
+@pytest.mark.parametrize("bad, message", VISION_BAD, ids=[m.split(" (")[0] for _, m in VISION_BAD])
+def test_vision_section_names_the_value_and_the_limit(bad, message):
+    with pytest.raises(ValidationError) as exc:
+        VisionInfo.model_validate({**VISION, **bad})
+    assert message in str(exc.value)
+    with pytest.raises(ValidationError):  # the same checks hold inside a manifest
+        Manifest.model_validate({**VISION_BASE, "vision": {**VISION, **bad}})
+
+
+def test_vision_defaults_to_one_image_per_request():
+    assert VisionInfo.model_validate(VISION).max_images_per_request == 1
+
