@@ -131,3 +131,13 @@ def test_vision_section_names_the_value_and_the_limit(bad, message):
 def test_vision_defaults_to_one_image_per_request():
     assert VisionInfo.model_validate(VISION).max_images_per_request == 1
 
+
+def test_shipped_llava_next_metadata_validates():
+    from importlib.resources import files
+
+    text = files("modelstore").joinpath("metadata/llava-v1.6-mistral-7b-hf.json").read_text()
+    meta = ModelMetadata.model_validate_json(text)
+    assert meta.license == "Apache-2.0" and meta.architecture == "LlavaNextForConditionalGeneration"
+    assert meta.approx_vram_mb["bnb-4bit"] < meta.approx_vram_mb["bnb-int8"] < meta.approx_vram_mb["fp16"]
+    assert meta.vision.tokens_per_image == 2928 and meta.vision.image_size == 336 and meta.vision.patch_size == 14
+    assert "computed, not measured" in meta.vram_notes
