@@ -129,7 +129,8 @@ def cmd_seed(args) -> int:
     from .seed import seed_default_store
 
     store = _store(args)
-    published = seed_default_store(store, adapters=not args.base_only, log=lambda m: print(m, file=sys.stderr))
+    published = seed_default_store(store, adapters=not args.base_only, vision=not args.no_vision,
+                                   log=lambda m: print(m, file=sys.stderr))
     _emit(args, {"published": published, "root": str(store.root)},
           f"seeded {store.root}: {len(published)} new ({', '.join(published) or 'already complete'})")
     return 0
@@ -191,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--fast", action="store_true", help="sizes and safetensors headers, no sha256")
     chk.set_defaults(func=cmd_check)
     seed = sub.add_parser("seed", help="build the embedded offline default")
-    seed.add_argument("--base-only", action="store_true")
+    seed.add_argument("--base-only", action="store_true", help="the bases only, no adapters")
+    seed.add_argument("--no-vision", action="store_true", help="without the tiny vision-language base")
     seed.set_defaults(func=cmd_seed)
     res = sub.add_parser("resolve", help="resolve a ref (and base variant) without reading weights")
     res.add_argument("ref")

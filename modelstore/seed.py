@@ -1,7 +1,9 @@
 """``modelstore seed``: build the embedded offline default into a store through the normal publish path.
 
 Publishes ``base_models@v1-tiny-mistral`` (see :mod:`modelstore.tiny`) with VRAM figures *measured* by
-loading each variant, and, per text agent, a seeded randomly initialised LoRA adapter
+loading each variant, the tiny vision-language base ``base_models/llava_tiny@v1-tiny-llava`` (see
+:mod:`modelstore.tiny_vision`; measured the same way, its ``vision`` facts read from the built config), and,
+per text agent, a seeded randomly initialised LoRA adapter
 ``<agent>/mistral_<agent>_v1@seed-1``. Those adapters are untrained stand-ins that really change the
 base's outputs (LoRA B is non-zero), so routing mistakes are visible; trained versions replace them when
 the training pipeline publishes. Idempotent: what is already published and verifies is left alone.
@@ -14,14 +16,18 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import NotFoundError
-from .manifest import VARIANTS, ModelMetadata, Source, TokenizerInfo
+from .manifest import VARIANTS, ModelMetadata, Source, TokenizerInfo, VisionInfo
 from .refs import parse_ref
 from .store import ModelStore
 
-__all__ = ["BASE_VERSION", "ADAPTER_VERSION", "TEXT_AGENTS", "adapter_ref", "measure_variants", "seed_default_store",
-           "write_random_adapter"]
+__all__ = ["BASE_VERSION", "BASE_REF", "VISION_BASE_NAME", "VISION_BASE_VERSION", "VISION_BASE_REF", "ADAPTER_VERSION",
+           "TEXT_AGENTS", "adapter_ref", "measure_variants", "seed_default_store", "write_random_adapter"]
 
 BASE_VERSION = "v1-tiny-mistral"
+BASE_REF = f"base_models@{BASE_VERSION}"
+VISION_BASE_NAME = "llava_tiny"
+VISION_BASE_VERSION = "v1-tiny-llava"
+VISION_BASE_REF = f"base_models/{VISION_BASE_NAME}@{VISION_BASE_VERSION}"
 ADAPTER_VERSION = "seed-1"
 TEXT_AGENTS = ("synthesizer", "journalist", "chief_editor", "reasoning", "critic", "fact_checker", "analyst", "re_ranker")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -31,12 +37,18 @@ def adapter_ref(agent: str, version: str = ADAPTER_VERSION) -> str:
     return f"{agent}/mistral_{agent}_v1@{version}"
 
 
-def measure_variants(model_dir: Path, variants=VARIANTS) -> dict[str, int]:
-    """Load ``model_dir`` once per variant on the CPU and record its memory footprint in MiB (rounded up)."""
+def measure_variants(model_dir: Path, variants=VARIANTS, auto_class: str = "AutoModelForCausalLM") -> dict[str, int]:
+    """Load ``model_dir`` once per variant on the CPU and record its memory footprint in MiB (rounded up).
+
+    ``auto_class`` names the transformers auto class that loads it (``AutoModelForImageTextToText`` for LLaVA);
+    quantised variants use :func:`modelstore.loading.quantization_config` as a load would.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     from .loading import _dtype, quantization_config
+
+    model_class = getattr(transformers, auto_class)
 
     out = {}
     for variant in variants:
@@ -44,7 +56,7 @@ def measure_variants(model_dir: Path, variants=VARIANTS) -> dict[str, int]:
         q = quantization_config(variant, "cpu")
         if q is not None:
             kwargs.update(quantization_config=q, device_map={"": "cpu"})
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model = model_class.from_pretrained(model_dir, **kwargs)
         out[variant] = max(1, -(-model.get_memory_footprint() // (1024 * 1024)))
         del model
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -73,13 +85,49 @@ def write_random_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8
     peft_model.save_pretrained(out_dir, safe_serialization=True)
 
 
-def seed_default_store(store: ModelStore, *, adapters: bool = True, agents=TEXT_AGENTS,
+def _seed_vision_base(store: ModelStore, tmp_path: Path, log: Callable[[str], None]) -> None:
+    from .tiny_vision import build_tiny_vision_base, vision_facts
+
+    log(f"building tiny LLaVA vision base -> {VISION_BASE_REF}")
+    base_dir = build_tiny_vision_base(tmp_path / "vision-base")
+    import json
+
+    vocab = json.loads((base_dir / "config.json").read_text())["text_config"]["vocab_size"]
+    meta = ModelMetadata(
+        model_id="justnews/tiny-llava-offline", license="Apache-2.0", architecture="LlavaForConditionalGeneration",
+        peft_support=True, variant_preference=["fp32", "bf16", "bnb-int8", "bnb-4bit", "fp16"],
+        tokenizer=TokenizerInfo(name="tiny-bytelevel-bpe+image", vocab_size=vocab, chat_template=True),
+        vision=VisionInfo(**vision_facts(base_dir)),
+        vram_notes="Measured at publish: model.get_memory_footprint() of each variant loaded on the CPU "
+                   "(bnb variants as modelstore.loading.quantization_config loads them: the vision tower and "
+                   "projector are quantised too, transformers' default).",
+        notes="Offline stand-in for llava-hf/llava-v1.6-mistral-7b-hf: the LLaVA architecture (CLIP vision tower, "
+              "MLP projector, Mistral language model) with tiny configs and random weights; the text base's "
+              "tokenizer plus '<image>'.",
+    )
+    store.publish_base(base_dir, VISION_BASE_VERSION, name=VISION_BASE_NAME, metadata=meta,
+                       measure=lambda d: measure_variants(d, auto_class="AutoModelForImageTextToText"),
+                       source=Source(type="generated", generator="modelstore seed"))
+
+
+def seed_default_store(store: ModelStore, *, adapters: bool = True, vision: bool = True, agents=TEXT_AGENTS,
                        log: Callable[[str], None] = lambda _msg: None) -> list[str]:
-    """Publish the tiny base (and per-agent adapters) unless already present; return refs published."""
+    """Publish the tiny text base, the tiny vision base and per-agent adapters unless already present.
+
+    Args:
+        store: the store to seed.
+        adapters: publish the seeded adapter of each agent in ``agents``.
+        vision: publish the tiny vision-language base :data:`VISION_BASE_REF`.
+        agents: the text agents to publish adapters for.
+        log: progress lines.
+
+    Returns:
+        The refs published by this call, in order (empty when the store was complete).
+    """
     from .tiny import build_tiny_base
 
     published: list[str] = []
-    base_ref = f"base_models@{BASE_VERSION}"
+    base_ref = BASE_REF
     with tempfile.TemporaryDirectory(prefix="justnews-seed-") as tmp:
         tmp_path = Path(tmp)
         if not _exists(store, base_ref):
@@ -98,6 +146,9 @@ def seed_default_store(store: ModelStore, *, adapters: bool = True, agents=TEXT_
             store.publish_base(base_dir, BASE_VERSION, metadata=meta, measure=measure_variants,
                                source=Source(type="generated", generator="modelstore seed"))
             published.append(base_ref)
+        if vision and not _exists(store, VISION_BASE_REF):
+            _seed_vision_base(store, tmp_path, log)
+            published.append(VISION_BASE_REF)
         if not adapters:
             return published
         base_path = store.resolve(base_ref).path

@@ -71,15 +71,26 @@ def test_unknown_source_names_the_choices():
 
 
 def test_seed_is_deterministic_and_idempotent(seeded_store_root, tmp_path):
-    from modelstore.seed import seed_default_store
+    from modelstore.seed import BASE_REF, VISION_BASE_REF, seed_default_store
 
     existing = ModelStore(seeded_store_root)
     assert seed_default_store(existing) == []  # already complete: nothing published again
     fresh = ModelStore(tmp_path / "fresh")
-    assert seed_default_store(fresh, adapters=False) == ["base_models@v1-tiny-mistral"]
-    a = {f.path: f.sha256 for f in existing.manifest("base_models@current").files}
-    b = {f.path: f.sha256 for f in fresh.manifest("base_models@current").files}
-    assert a == b
+    assert seed_default_store(fresh, adapters=False) == [BASE_REF, VISION_BASE_REF]
+    for ref in (BASE_REF, VISION_BASE_REF):  # two builds, the same bytes
+        a = {f.path: f.sha256 for f in existing.manifest(ref).files}
+        b = {f.path: f.sha256 for f in fresh.manifest(ref).files}
+        assert a == b and "model.safetensors" in a, ref
+    assert [r["namespace"] for r in fresh.list()] == ["base_models", "base_models/llava_tiny"]
+    assert fresh.check() == [] and seed_default_store(fresh, adapters=False) == []
+
+
+def test_seed_without_vision_publishes_the_text_base_only(tmp_path):
+    from modelstore.seed import BASE_REF, seed_default_store
+
+    fresh = ModelStore(tmp_path / "fresh")
+    assert seed_default_store(fresh, adapters=False, vision=False) == [BASE_REF]
+    assert [r["namespace"] for r in fresh.list()] == ["base_models"]
 
 
 def test_cli_errors_are_clear_and_exit_2(store, capsys):
@@ -93,7 +104,8 @@ def test_cli_list_resolve_promote_rollback_json(store, capsys):
     root = ["--root", str(store.root), "--json"]
     assert main(root + ["list"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["namespace"] == "base_models" and len(rows) == 9
+    assert rows[0]["namespace"] == "base_models" and rows[1]["namespace"] == "base_models/llava_tiny"
+    assert len(rows) == 10  # two bases, eight adapters
     assert main(root + ["resolve", "base_models", "--variant", "bnb-int8"]) == 0
     assert json.loads(capsys.readouterr().out)["variant"] == "bnb-int8"
     assert main(root + ["check", "--fast"]) == 0
