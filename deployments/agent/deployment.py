@@ -17,6 +17,7 @@ from ray.serve import Application
 from agent_graph import load_agent_map
 from deployments.agent.server import DEFAULT_DEADLINE_S, AgentServer
 from deployments.agent.pool_router import PoolRouter
+from deployments.base_llm.client import DEFAULT_SILENCE_S, pool_call
 
 __all__ = ["AgentDeploymentSettings", "AgentDeployment", "build_agent", "deployment_name"]
 
@@ -32,6 +33,9 @@ class AgentDeploymentSettings(BaseModel):
                                               description="Ray actor options per replica.")
     deadline_s: float = Field(DEFAULT_DEADLINE_S, gt=0, le=600, description="Seconds a request may spend on model "
                               "steps (adapter, bare base); then the legacy step answers it.")
+    replica_silence_s: float = Field(DEFAULT_SILENCE_S, gt=0, le=60, description="Seconds a base replica may send "
+                                     "nothing (not even a heartbeat) before the call moves to another replica or "
+                                     "pool: how long a dead replica can hold a request.")
 
 
 def deployment_name(agent: str) -> str:
@@ -51,13 +55,15 @@ class AgentDeployment:
     """
 
     def __init__(self, agent: str, map_path: str | None, strict: bool, llm: dict[str, Any] | None = None,
-                 embeddings: Any = None, store_root: str | None = None, deadline_s: float = DEFAULT_DEADLINE_S):
+                 embeddings: Any = None, store_root: str | None = None, deadline_s: float = DEFAULT_DEADLINE_S,
+                 replica_silence_s: float = DEFAULT_SILENCE_S):
         from modelstore import ModelStore
         from rollout import CanaryRouter
 
         self._embed_handle = embeddings
         # The pools of the agent's route, own pool first; the next one only when a pool is unavailable.
-        self._pools = PoolRouter([(name, self._caller(handle)) for name, handle in llm.items()]) if llm else None
+        self._pools = (PoolRouter([(name, pool_call(handle, replica_silence_s)) for name, handle in llm.items()])
+                       if llm else None)
         store = ModelStore(store_root)
         try:
             replica = serve.get_replica_context().replica_id.unique_id
@@ -72,12 +78,6 @@ class AgentDeployment:
 
         # The map's review rules queue doubtful answers for editors, off the request path (hitl).
         self._review = review_hook(agent, self._server.entry, store_root=str(store.root), metrics=HitlMetrics())
-
-    @staticmethod
-    def _caller(handle: Any):
-        async def generate(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
-            return await handle.options(multiplexed_model_id=model_id).generate.remote(body)
-        return generate
 
     async def _embed(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._embed_handle.embed.remote(body)
@@ -123,4 +123,5 @@ def build_agent(agent: str, *, map_path: str | None = None, strict: bool = False
     deployment = serve.deployment(
         AgentDeployment, name=deployment_name(agent), num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests, ray_actor_options=settings.ray_actor_options)
-    return deployment.bind(agent, map_path, strict, llm, embeddings, store_root, settings.deadline_s)
+    return deployment.bind(agent, map_path, strict, llm, embeddings, store_root, settings.deadline_s,
+                           settings.replica_silence_s)

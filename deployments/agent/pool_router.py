@@ -24,7 +24,8 @@ PoolCall = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 # Ray's errors for "no replica can take this": actor death, unreachable replica, deployment gone.
 _UNAVAILABLE = {"ActorDiedError", "ActorUnavailableError", "RayActorError", "DeploymentUnavailableError",
-                "ReplicaUnavailableError", "NodeDiedError", "PoolUnavailableError"}
+                "ReplicaUnavailableError", "NodeDiedError", "PoolUnavailableError",
+                "ReplicaSilentError"}  # no heartbeat for silence_s (deployments.base_llm.client): dead or hung
 
 
 class PoolUnavailableError(RuntimeError):

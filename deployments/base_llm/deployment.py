@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, AsyncIterator
 
 from ray import serve
 from ray.serve import Application
@@ -121,6 +121,25 @@ class BaseLLMDeployment:
         model_id, handle = await self._adapter_for_request()
         response = await self._server.generate(body, handle, model_id)
         return response.model_dump()
+
+    async def generate_stream(self, body: dict[str, Any], heartbeat_s: float = 0.25) -> AsyncIterator[dict[str, Any]]:
+        """Streamed entry point (``stream=True``): ``{"heartbeat": n}`` at once and every ``heartbeat_s``
+        while the request waits or decodes, then ``{"result": GenerateResponse}``; errors raise as from
+        :meth:`generate`. Callers use :func:`deployments.base_llm.client.pool_call`, which takes a silent
+        stream for a dead replica within seconds instead of waiting for Ray to report the death."""
+        beats = 0
+        yield {"heartbeat": beats}
+        task = asyncio.ensure_future(self.generate(body))  # copies the context: the multiplexed model id
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=heartbeat_s)
+                if not task.done():
+                    beats += 1
+                    yield {"heartbeat": beats}
+            yield {"result": task.result()}
+        finally:
+            if not task.done():  # the caller cancelled: the request leaves the batcher
+                task.cancel()
 
     async def __call__(self, request: Request) -> JSONResponse:
         """Minimal HTTP path: POST a GenerateRequest JSON body, adapter in ``serve_multiplexed_model_id``."""

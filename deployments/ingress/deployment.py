@@ -20,6 +20,7 @@ from agent_graph import load_agent_map
 from deployments.review.routes import install_hitl
 from deployments.ingress.http_app import build_http_app
 from deployments.agent.pool_router import PoolRouter
+from deployments.base_llm.client import pool_call
 from deployments.ingress.server import IngressServer, IngressSettings
 
 __all__ = ["IngressDeployment", "build_ingress"]
@@ -62,13 +63,15 @@ class IngressDeployment:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (tests): any stable name will do
             replica = f"local-{id(self):x}"
-        self._routers = {agent: PoolRouter([(p, self._caller(pools[p])) for p in route])
+        settings = IngressSettings.model_validate(settings)
+        silence = settings.replica_silence_s
+        self._routers = {agent: PoolRouter([(p, pool_call(pools[p], silence)) for p in route])
                          for agent, route in routes.items()}
         first = next(iter(pools))
-        self._default_router = PoolRouter([(first, self._caller(pools[first]))] +
-                                          [(p, self._caller(h)) for p, h in pools.items() if p != first])
+        self._default_router = PoolRouter([(first, pool_call(pools[first], silence))] +
+                                          [(p, pool_call(h, silence)) for p, h in pools.items() if p != first])
         self._server = IngressServer(
-            IngressSettings.model_validate(settings), load_agent_map(map_path), store,
+            settings, load_agent_map(map_path), store,
             llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
             agent_stats=self._agent_stats, canary_status=self._canary_status if canary is not None else None,
             http_host=_serve_http_host(), pool_stats=self._pool_stats,
@@ -83,12 +86,6 @@ class IngressDeployment:
         app = build_http_app(self._server)
         install_hitl(app, self._hitl)
         return app
-
-    @staticmethod
-    def _caller(handle: Any):
-        async def generate(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
-            return await handle.options(multiplexed_model_id=model_id).generate.remote(body)
-        return generate
 
     async def _generate(self, model_id: str, body: dict[str, Any]) -> dict[str, Any]:
         # An adapter ref names its agent first ('critic/...'): that agent's route, so a never-quantised

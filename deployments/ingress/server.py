@@ -55,6 +55,9 @@ class IngressSettings(BaseModel):
                                   "not loopback, both tokens are required or the ingress refuses to start.")
     chat_default_max_tokens: int = Field(256, ge=1, description="max_tokens of a chat completion that names none.")
     stream_piece_chars: int = Field(16, ge=1, description="Characters per streamed content chunk (whole words).")
+    replica_silence_s: float = Field(2.0, gt=0, le=60, description="Seconds a base replica may send nothing (not "
+                                     "even a heartbeat) to a chat completion before it moves to another replica "
+                                     "or pool.")
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0},
                                               description="Ray actor options per ingress replica.")

@@ -1,10 +1,12 @@
-"""Chaos: a base pool replica killed under a bounded load of 8 callers (``ray.kill`` from another process).
+"""Chaos: a base pool replica killed (``ray.kill``) or frozen (SIGSTOP) under a bounded load of 8 callers.
 
 The fp32 pool runs two replicas (the planner's ``preferred_min_replicas``). Requests in flight on the killed
-replica fail at once with ``ActorDiedError``; each agent's PoolRouter retries them on the pool's other
-replica, so callers see no error. ``/healthz`` turns degraded when Serve marks the deployment unhealthy and
-ok again once the replacement replica has loaded its base and passed its health check (times are taken
-when each /healthz request was sent). The figures
+replica fail with ``ActorDiedError`` once Ray reports the death; a frozen replica is never reported dead,
+only silent. Either way its heartbeats stop, and each agent's pool call gives up after ``replica_silence_s``
+(2 s) and its PoolRouter retries on the pool's other replica, so callers see no error. ``/healthz`` turns
+degraded when an agent reports the pool unavailable or Serve marks the deployment unhealthy, and ok again
+once Serve has replaced the replica (a frozen one fails its health check and is killed) and the replacement
+has loaded its base and passed its health check (times are taken when each /healthz request was sent). The figures
 (latencies, time to degraded and back) are printed and written as JSON for bench/RESULTS.md; only
 outcomes are asserted, never times.
 """
@@ -34,25 +36,36 @@ KILL_AFTER_S = 6.0
 LOAD_S = 30.0
 
 KILL_SCRIPT = """
-import sys, ray
+import os, signal, sys, time, ray
 from ray.util import get_node_ip_address
 ray.init(address=f"{get_node_ip_address()}:{sys.argv[1]}", namespace="serve", log_to_driver=False)
 names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                if a["name"].startswith("SERVE_REPLICA::") and "#" + sys.argv[2] + "#" in a["name"])
 assert len(names) >= 2, names
-ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-print(names[0])
+victim = ray.get_actor(names[0], namespace="serve")
+if sys.argv[3] == "kill":
+    killed_at = time.time()
+    ray.kill(victim, no_restart=True)
+else:  # freeze: the process stays alive but answers nothing, which Ray never reports as a death
+    pid = ray.get(victim.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=60)
+    killed_at = time.time()
+    os.kill(pid, signal.SIGSTOP)
+print(names[0], killed_at)
 """
 
 
-def _kill_one_replica(cluster) -> str:
+def _kill_one_replica(cluster, how: str) -> tuple[str, float]:
+    """Kill (``ray.kill``) or freeze (SIGSTOP) one replica of POOL; returns its name and when (wall clock: it
+    runs in another process, whose Ray start-up of a few seconds must not count as time after the kill)."""
     [port_file] = cluster.ray_tmp.glob("ray/session_latest/gcs_server_port_*")  # the cluster serve run started
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_TMPDIR": str(cluster.ray_tmp)}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, port_file.read_text().strip(), POOL], env=env,
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, port_file.read_text().strip(), POOL, how],
+                          env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
+    name, killed_at = done.stdout.strip().splitlines()[-1].split()
+    return name, float(killed_at)
 
 
 async def _load(cluster, stop_at: float, log: list) -> None:
@@ -89,7 +102,8 @@ async def _health(cluster, stop_at: float, log: list) -> None:
             await asyncio.sleep(0.25)
 
 
-def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(cluster, tmp_path):
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(cluster, tmp_path, how):
     requests: list = []
     health: list = []
 
@@ -98,8 +112,8 @@ def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(
         load = asyncio.create_task(_load(cluster, start + LOAD_S, requests))
         watch = asyncio.create_task(_health(cluster, start + LOAD_S + 240, health))
         await asyncio.sleep(KILL_AFTER_S)
-        killed_at = time.monotonic()
-        victim = await asyncio.to_thread(_kill_one_replica, cluster)
+        victim, killed_wall = await asyncio.to_thread(_kill_one_replica, cluster, how)
+        killed_at = time.monotonic() - (time.time() - killed_wall)
         await load
         # keep watching until health is ok again after having been degraded (or the watch ends)
         while not watch.done():
@@ -120,7 +134,7 @@ def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(
         stats = client.get("/stats").json()
     retried = sum(stats["agents"][a]["pools"]["retried"].get(POOL, 0) for a in AGENTS)
     figures = {
-        "victim": victim, "requests": len(requests), "failed": len(failed),
+        "how": how, "victim": victim, "requests": len(requests), "failed": len(failed),
         "fallback_to_legacy": sum(1 for r in requests if r[3] == "legacy"), "retried_on_same_pool": retried,
         "answers_naming_the_dead_pool": [round(r[0] + r[1] - killed_at, 2) for r in requests if POOL in r[5]],
         "max_latency_s_in_flight_or_after_kill": round(max((r[1] for r in after_kill), default=0), 2),
@@ -131,7 +145,7 @@ def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(
         "health_ok_again_after_s": round(recovered[0], 2) if recovered else None,
         "healthz_max_answer_s": round(max((d for _, _, d in health), default=0), 2),
     }
-    (tmp_path / "chaos.json").write_text(json.dumps(figures, indent=2))
+    (tmp_path / f"chaos-{how}.json").write_text(json.dumps(figures, indent=2))
     print(f"\nchaos figures: {json.dumps(figures)}")
 
     assert len(requests) > 2 * CALLERS and after_kill

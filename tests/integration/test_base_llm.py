@@ -199,3 +199,34 @@ def test_deleting_the_app_lets_queued_requests_finish(serve_cluster, model_store
     outs = _results(responses, timeout_s=60)
     assert [o["adapter"] for o in outs] == [PINNED.get(m) for m in model_ids]
     wait_for(lambda: "llm-drain" not in serve.status().applications, what="the app to be deleted")
+
+
+def test_the_streamed_call_beats_then_answers_as_generate_does(llm_app):
+    """generate_stream sends heartbeats while the batcher holds a request, then the same answer as generate;
+    pool_call (what agents and the ingress use) returns it, and a caller's error arrives as the same error."""
+    import asyncio
+
+    from deployments.base_llm.client import pool_call
+
+    # The batcher waits 1 s for a fuller batch: heartbeats every 0.1 s must arrive meanwhile.
+    llm_app.deploy({**INITIAL_RUNTIME, "batch_wait_timeout_s": 1.0})
+    model_id = next(iter(PINNED))
+    body = {"prompt": "[INST] Summarise the news [/INST]", "max_new_tokens": 3, "temperature": 0}
+    stream = llm_app.handle.options(multiplexed_model_id=model_id, stream=True).generate_stream.remote(body, 0.1)
+    messages = list(stream)
+    beats = [m["heartbeat"] for m in messages[:-1]]
+    assert beats == list(range(len(beats))) and len(beats) >= 5, messages
+    streamed = messages[-1]["result"]
+    plain = llm_app.handle.options(multiplexed_model_id=model_id).generate.remote(body).result(timeout_s=60)
+    assert streamed["adapter"] == plain["adapter"] == PINNED[model_id]
+    assert streamed["text"] == plain["text"]
+
+    async def both():
+        call = pool_call(llm_app.handle, silence_s=5.0)
+        answer = await call(model_id, body)
+        with pytest.raises(AdapterNotFoundError):
+            await call("critic/nope@v1", body)
+        return answer
+
+    assert asyncio.run(both())["text"] == plain["text"]
+    llm_app.deploy(INITIAL_RUNTIME)
