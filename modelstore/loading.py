@@ -21,7 +21,8 @@ from .manifest import QUANTIZED, Manifest
 from .refs import ModelRef
 from .store import ModelStore, _env_flag
 
-__all__ = ["LoadPlan", "LoadedBase", "choose_variant", "plan_base", "load_base", "quantization_config"]
+__all__ = ["LoadPlan", "LoadedBase", "VISION_SKIP_MODULES", "choose_variant", "plan_base", "load_base",
+           "quantization_config"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,18 @@ class LoadPlan:
 
 @dataclass
 class LoadedBase:
-    """A loaded base: transformers model and tokenizer plus the plan that produced them."""
+    """A loaded base: transformers model and tokenizer plus the plan that produced them; vision-language
+    bases (a ``vision`` section in the manifest) also bring their processor (image processor + tokenizer,
+    which expands each ``<image>`` into the image's tokens)."""
 
     plan: LoadPlan
     model: Any = field(repr=False)
     tokenizer: Any = field(repr=False)
+    processor: Any = field(default=None, repr=False)
+
+    @property
+    def is_vision(self) -> bool:
+        return self.plan.manifest.vision is not None
 
     @property
     def ref(self) -> ModelRef:
@@ -89,18 +97,27 @@ def choose_variant(manifest: Manifest, requested: str | None, *, allow_quantized
     raise VariantUnavailableError(f"{why}; no usable fallback")
 
 
-def quantization_config(variant: str, device: str):
-    """The ``BitsAndBytesConfig`` for a quantised variant, or None."""
+# A vision-language base quantises its language model only: the vision tower and projector are small and
+# sensitive, and naming any skip list replaces transformers' default one, so lm_head is listed again. Plain
+# names for transformers versions that match by substring, anchored regexes for those (5.2x) that match
+# from the start of the module path ('model.vision_tower...').
+VISION_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head",
+                       r".*\.vision_tower", r".*\.multi_modal_projector"]
+
+
+def quantization_config(variant: str, device: str, *, vision: bool = False):
+    """The ``BitsAndBytesConfig`` for a quantised variant, or None (``vision``: keep the tower unquantised)."""
     if variant not in QUANTIZED:
         return None
     import torch
     from transformers import BitsAndBytesConfig
 
+    skip = {"llm_int8_skip_modules": list(VISION_SKIP_MODULES)} if vision else {}
     if variant == "bnb-int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+                              bnb_4bit_compute_dtype=compute, **skip)
 
 
 def _dtype(variant: str, device: str):
@@ -150,19 +167,22 @@ def load_base(store: ModelStore, ref: ModelRef | str = "base_models@current", va
     if not report.ok:
         raise ChecksumError(f"{plan.ref} failed verification: {report.bad_files}", sorted(report.bad_files))
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+    vision = plan.manifest.vision is not None
     kwargs: dict[str, Any] = dict(dtype=_dtype(plan.variant, device), use_safetensors=True, trust_remote_code=False)
-    qconfig = quantization_config(plan.variant, device)
+    qconfig = quantization_config(plan.variant, device, vision=vision)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(plan.path, **kwargs)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto.from_pretrained(plan.path, **kwargs)
     if qconfig is None:
         model.to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(plan.path, trust_remote_code=False)
+    processor = AutoProcessor.from_pretrained(plan.path, trust_remote_code=False) if vision else None
     log.info("loaded %s as %s on %s%s", plan.ref, plan.variant, device,
              f" ({plan.fallback_reason})" if plan.fallback_reason else "")
-    return LoadedBase(plan, model, tokenizer)
+    return LoadedBase(plan, model, tokenizer, processor)
 
 
