@@ -9,6 +9,7 @@ drifting apart per agent.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -177,27 +178,60 @@ class AgentSpec(Generic[I, O]):
         input_model: pydantic model of a request (validated at the HTTP boundary).
         output_model: pydantic model of a reply; its JSON schema constrains decoding.
         example: a valid input, used by docs, tests and synthetic training data.
-        kind: ``"llm"`` agents are prompted; ``"embedding"`` agents only share the typed contract.
+        kind: ``"llm"`` agents are prompted; ``"multimodal"`` agents are prompted with images too (the
+            user turn holds one image part per image, then the text); ``"embedding"`` agents only share
+            the typed contract.
         instructions: the task part of the system prompt (the JSON shape is appended here).
-        render: turns an input into the user turn; deterministic and compact.
+        render: turns an input into the user turn's text; deterministic and compact.
         task: optional task-router key of an input (``AgentEntry.task_adapters`` maps it to an adapter).
+        image_fields: the input's image fields (multimodal agents): strings holding base64 or a ``data:``
+            URL, checked by the input model for type and length only; the serving layer admits (decodes)
+            them before any model step.
     """
 
     name: str
     input_model: type[I]
     output_model: type[O]
     example: I
-    kind: Literal["llm", "embedding"] = "llm"
+    kind: Literal["llm", "embedding", "multimodal"] = "llm"
     instructions: str = ""
     render: Callable[[I], str] | None = None
     task: Callable[[I], str | None] | None = field(default=None)
+    image_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind == "llm" and (self.render is None or not self.instructions):
-            raise ValueError(f"llm agent {self.name!r} needs instructions and a render function")
+        if self.prompted and (self.render is None or not self.instructions):
+            raise ValueError(f"{self.kind} agent {self.name!r} needs instructions and a render function")
+        if (self.kind == "multimodal") != bool(self.image_fields):
+            raise ValueError(f"agent {self.name!r}: a multimodal agent, and only one, names its image_fields "
+                             f"(kind {self.kind!r}, image_fields {list(self.image_fields)})")
+        unknown = [f for f in self.image_fields if f not in self.input_model.model_fields]
+        if unknown:
+            raise ValueError(f"agent {self.name!r}: image_fields {unknown} are not fields of "
+                             f"{self.input_model.__name__}")
         if not isinstance(self.example, self.input_model):
             raise ValueError(f"agent {self.name!r}: example is a {type(self.example).__name__}, "
                              f"expected {self.input_model.__name__}")
+
+    @property
+    def prompted(self) -> bool:
+        """Whether the agent is prompted on a base (``llm`` and ``multimodal`` agents)."""
+        return self.kind in ("llm", "multimodal")
+
+    def images_of(self, inp: I) -> list[tuple[str, str]]:
+        """``(field, source)`` of every image of ``inp``, in field order (a None field holds no image)."""
+        return [(f, getattr(inp, f)) for f in self.image_fields if getattr(inp, f) is not None]
+
+    def record_input(self, inp: I) -> dict[str, Any]:
+        """``inp`` as JSON for records and logs: each image replaced by its digest and length.
+
+        The caller has the images; echoing megabytes of base64 in every record would only cost bandwidth.
+        """
+        out = inp.model_dump(mode="json")
+        for name, source in self.images_of(inp):
+            digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+            out[name] = f"sha256:{digest} ({len(source)} chars)"
+        return out
 
     @cached_property
     def _schema(self) -> dict[str, Any]:
@@ -236,15 +270,29 @@ class AgentSpec(Generic[I, O]):
             raise InvalidAgentInput(self.name, format_validation_error(exc)) from exc
 
     def build_messages(self, inp: I) -> list[dict[str, str]]:
-        """Chat messages for ``inp``: the system prompt, then the rendered input as the user turn."""
-        if self.kind != "llm" or self.render is None:
+        """Chat messages for ``inp``: the system prompt, then the rendered input as the user turn.
+
+        A multimodal agent's images are not in the messages: a generation request carries them beside, in
+        the order of :meth:`images_of`, and the base replica opens the first user turn with one image part
+        per image (as :meth:`prompt` does).
+        """
+        if not self.prompted or self.render is None:
             raise ContractError(self.name, "", f"{self.kind} agent {self.name!r} is not prompted")
         inp = self.load_input(inp)
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.render(inp)}]
 
     def prompt(self, inp: I, tokenizer: Any) -> str:
-        """The prompt string through ``tokenizer``'s chat template (Mistral folds the system turn into [INST])."""
-        return tokenizer.apply_chat_template(self.build_messages(inp), tokenize=False)
+        """The prompt string through ``tokenizer``'s chat template (Mistral folds the system turn into [INST]).
+
+        For a multimodal agent the user turn is content parts, ``{"type": "image"}`` per image then the text,
+        which a vision base's template (``modelstore.tiny_vision.VISION_CHAT_TEMPLATE``) renders as one image
+        token each: the prompt the base replica builds from a generation request with ``images``.
+        """
+        messages: list[dict[str, Any]] = self.build_messages(inp)
+        if self.kind == "multimodal":
+            parts = [{"type": "image"} for _ in self.images_of(self.load_input(inp))]
+            messages[1] = {**messages[1], "content": parts + [{"type": "text", "text": messages[1]["content"]}]}
+        return tokenizer.apply_chat_template(messages, tokenize=False)
 
     def task_of(self, inp: I) -> str | None:
         """The task-router key of ``inp``, or None when the agent has a single adapter."""

@@ -88,6 +88,13 @@ def generation_request(spec: AgentSpec, inp: BaseModel, entry: AgentEntry) -> di
     agent's largest valid reply counted with the served base's tokenizer (``agent_graph.budget``): the
     grammar ends a reply as soon as its JSON is complete, so one ceiling sized for the largest input serves
     every smaller one, and narrowing it per request would save nothing.
+
+    A multimodal agent's request also carries ``images``: each image of the input as the caller sent it
+    (base64 or a ``data:`` URL), in order; the base replica admits and decodes them again, as it would any
+    caller's, and opens the first user turn with their image tokens (``AgentSpec.prompt``).
     """
-    return {"messages": spec.build_messages(inp), "json_schema": spec.json_schema(inp),
+    body = {"messages": spec.build_messages(inp), "json_schema": spec.json_schema(inp),
             "max_new_tokens": entry.max_new_tokens, "temperature": entry.temperature}
+    if spec.image_fields:
+        body["images"] = [source for _, source in spec.images_of(inp)]
+    return body

@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from .agents.critic import CriticInput, CriticIssue, CriticOutput
 from .agents.embeddings import EmbedInput, EmbedOutput
 from .agents.fact_checker import ClaimVerdict, FactCheckerInput, FactCheckerOutput
 from .agents.journalist import JournalistInput, JournalistOutput
+from .agents.newsreader import KIND_PHRASES, NewsreaderInput, NewsreaderOutput
 from .agents.re_ranker import ReRankerInput, ReRankerOutput
 from .agents.reasoning import ReasoningInput, ReasoningOutput, ReasoningStep
 from .agents.synthesizer import SynthesizerInput, SynthesizerOutput
@@ -30,7 +31,8 @@ from .errors import UnknownAgent
 
 __all__ = ["Heuristic", "HEURISTICS", "get_heuristic", "run_heuristic", "sentences", "content_tokens",
            "extractive_lead", "fact_template", "editorial_rules", "premise_chain", "rule_checks",
-           "evidence_overlap", "lexicon_sentiment", "token_overlap", "hashed_bow"]
+           "evidence_overlap", "lexicon_sentiment", "token_overlap", "hashed_bow", "image_features",
+           "pixel_centroids"]
 
 _STOP = frozenset(
     "a an the of to in on for with by from at as is was are were be been has have had will would it its this that "
@@ -231,13 +233,66 @@ def hashed_bow(inp: EmbedInput) -> EmbedOutput:
     return EmbedOutput(model="heuristic:hashed_bow", dimensions=_HASH_DIM, vectors=vectors)
 
 
+# Nearest-centroid image kinds. Features of an image scaled to 64x64 (nearest neighbour, so flat areas stay
+# flat): share of near-white pixels, mean saturation, share of the 512 colour cells (3 bits a channel) in
+# use / 64, mean vertical luminance step (text lines), share of pixels equal to their right neighbour. The
+# centroids and scales were fitted on 800 images of training.vision_task (seed 1) and classify 99% of
+# another 800 (a test keeps that above 90%); on real photographs they are a crude guess, hence the low
+# confidence.
+_SIDE = 64
+_FEATURE_SCALE = (0.273, 0.107, 0.35, 0.072, 0.253)
+_CENTROIDS = {
+    "chart": (0.646, 0.096, 0.236, 0.088, 0.844),
+    "photo": (0.139, 0.321, 0.989, 0.064, 0.266),
+    "text_page": (0.663, 0.095, 0.254, 0.237, 0.852),
+    "map": (0.144, 0.198, 0.259, 0.078, 0.82),
+}
+
+
+def image_features(image: Any) -> tuple[float, ...]:
+    """The five pixel statistics :func:`pixel_centroids` classifies by, of a PIL image of any size and mode."""
+    from PIL import Image
+
+    small = image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.NEAREST)
+    rgb, n = small.tobytes(), _SIDE * _SIDE
+    pixels = [rgb[i:i + 3] for i in range(0, 3 * n, 3)]
+    white = sum(min(p) > 225 for p in pixels) / n
+    saturation = sum(small.convert("HSV").tobytes()[1::3]) / n / 255
+    colours = len({(p[0] >> 5, p[1] >> 5, p[2] >> 5) for p in pixels}) / 64
+    lum = small.convert("L").tobytes()
+    vertical = sum(abs(lum[i + _SIDE] - lum[i]) for i in range(n - _SIDE)) / ((n - _SIDE) * 255)
+    flat = sum(lum[i + 1] == lum[i] for i in range(n - 1) if (i + 1) % _SIDE) / (n - _SIDE)
+    return white, saturation, colours, vertical, flat
+
+
+def pixel_centroids(inp: NewsreaderInput, images: Sequence[Any]) -> NewsreaderOutput:
+    """Newsreader: the image kind whose centroid is nearest in pixel statistics; no headline is read.
+
+    Confidence is low by design (0.05..0.3, higher the clearer the nearest kind wins): the contract's
+    confidence is how legible the headline is, and this step reads none.
+    """
+    features = image_features(images[0])
+    dist = sorted((math.dist([f / s for f, s in zip(features, _FEATURE_SCALE)],
+                             [c / s for c, s in zip(centroid, _FEATURE_SCALE)]), kind)
+                  for kind, centroid in _CENTROIDS.items())
+    (best, kind), (second, _) = dist[0], dist[1]
+    margin = (second - best) / (second + best) if second + best else 0.0
+    return NewsreaderOutput(image_kind=kind, headline="", caption=KIND_PHRASES[kind],
+                            confidence=_score(0.05 + 0.25 * margin))
+
+
 @dataclass(frozen=True)
 class Heuristic:
-    """A named heuristic and the agent whose contract it answers."""
+    """A named heuristic and the agent whose contract it answers.
+
+    ``images``: the heuristic reads the request's images too, decoded (``fn(inp, images)``); the serving
+    layer passes what its admission decoded, never the raw strings.
+    """
 
     name: str
     agent: str
-    fn: Callable[[BaseModel], BaseModel]
+    fn: Callable[..., BaseModel]
+    images: bool = False
 
 
 HEURISTICS: dict[str, Heuristic] = {h.name: h for h in (
@@ -251,6 +306,7 @@ HEURISTICS: dict[str, Heuristic] = {h.name: h for h in (
     Heuristic("token_overlap", "re_ranker", token_overlap),
     Heuristic("hashed_bow", "scout", hashed_bow),
     Heuristic("hashed_bow_memory", "memory", hashed_bow),
+    Heuristic("pixel_centroids", "newsreader", pixel_centroids, images=True),
 )}
 
 
@@ -266,6 +322,17 @@ def get_heuristic(name: str) -> Heuristic:
         raise UnknownAgent(f"heuristic:{name}", [f"heuristic:{n}" for n in HEURISTICS]) from None
 
 
-def run_heuristic(name: str, inp: BaseModel) -> BaseModel:
-    """Run heuristic ``name`` on ``inp``."""
-    return get_heuristic(name).fn(inp)
+def run_heuristic(name: str, inp: BaseModel, images: Sequence[Any] | None = None) -> BaseModel:
+    """Run heuristic ``name`` on ``inp`` (and, for a heuristic that reads images, on ``images``: the
+    decoded images of ``inp``'s image fields, in order).
+
+    Raises:
+        ValueError: an image heuristic without images.
+    """
+    heuristic = get_heuristic(name)
+    if not heuristic.images:
+        return heuristic.fn(inp)
+    if not images:
+        raise ValueError(f"heuristic:{name} reads the request's images: pass them decoded "
+                         f"(deployments.vision.admit_image)")
+    return heuristic.fn(inp, images)

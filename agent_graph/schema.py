@@ -48,7 +48,8 @@ def _ref(value: str, want: type, what: str) -> str:
     ref = parse_ref(value)  # RefError quotes the value and says why
     if not isinstance(ref, want):
         raise RefError(f"invalid model ref {value!r}: {what} must be "
-                       + ("'base_models@<version>'" if want is BaseRef else "'<agent>/<adapter>@<version>'"))
+                       + ("'base_models@<version>' or 'base_models/<name>@<version>'" if want is BaseRef
+                          else "'<agent>/<adapter>@<version>'"))
     return str(ref)
 
 
@@ -159,15 +160,20 @@ class AgentEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: AgentKind = Field(description="'llm' agents run on the shared base; the others keep their own weights.")
+    kind: AgentKind = Field(description="'llm' agents run on the shared base; 'multimodal' agents read images, on a "
+                            "vision-language base ('base') or on weights of their own ('model'); 'embedding' "
+                            "agents keep their own weights.")
     description: str = Field("", max_length=300, description="What the agent does, for operators.")
-    base: str | None = Field(None, description="Base ref, 'base_models@<version>' (llm agents only).")
-    adapter: str | None = Field(None, description="Default adapter ref, '<agent>/<adapter>@<version>' (llm only).")
+    base: str | None = Field(None, description="Base ref, 'base_models@<version>' or a named base "
+                             "'base_models/<name>@<version>' (llm and multimodal agents).")
+    adapter: str | None = Field(None, description="Default adapter ref, '<agent>/<adapter>@<version>' (agents on a "
+                                "base).")
     task_adapters: dict[TaskName, str] = Field(
         default_factory=dict, description="Task router: task name -> adapter ref; other tasks use 'adapter'.")
     model: str | None = Field(None, max_length=200,
                               description="Specialised model id of an embedding or multimodal agent.")
-    served: bool = Field(True, description="Whether this project deploys the agent (newsreader is not).")
+    served: bool = Field(True, description="Whether this project deploys the agent; an agent not served is "
+                         "neither routed nor checked against the store.")
     variant_preference: list[Variant] = Field(min_length=1, description="Acceptable load variants, best first.")
     allow_quantized: bool = Field(False, description="Whether bnb-int8 / bnb-4bit loads are acceptable.")
     fallback: list[FallbackStep] = Field(min_length=1, description="Steps tried in order until one answers.")
@@ -200,11 +206,12 @@ class AgentEntry(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> "AgentEntry":
         problems: list[tuple[str, str]] = []
-        if self.kind == "llm":
+        if self.kind == "llm" or (self.kind == "multimodal" and self.base is not None):
             if self.base is None:
                 problems.append(("base", "an llm agent needs a base ref"))
             if self.model is not None:
-                problems.append(("model", f"{self.model!r}: an llm agent runs on 'base', not a specialised model"))
+                problems.append(("model", f"{self.model!r}: a {self.kind} agent on 'base' takes no specialised "
+                                          f"model"))
         else:
             for name in ("base", "adapter"):
                 if getattr(self, name) is not None:
@@ -212,7 +219,8 @@ class AgentEntry(BaseModel):
             if self.task_adapters:
                 problems.append(("task_adapters", f"a {self.kind} agent takes no adapters"))
             if not self.model:
-                problems.append(("model", f"a {self.kind} agent needs its specialised model id"))
+                problems.append(("model", f"a {self.kind} agent needs its specialised model id"
+                                          + (" (or a vision base ref in 'base')" if self.kind == "multimodal" else "")))
         if self.task_adapters and self.adapter is None:
             problems.append(("adapter", "a task router needs a default adapter for tasks it does not list"))
         if "adapter" in self.fallback and self.adapter is None:
@@ -286,11 +294,16 @@ class AgentMap(BaseModel):
             if "legacy" in entry.fallback and name not in self.legacy:
                 problems.append(MapProblem(name, "fallback", f"step 'legacy' but {RECOMMENDED_FILE} has no entry"))
             spec = AGENTS.get(name)
-            if spec is None and entry.kind != "multimodal":
+            # A multimodal agent on weights of its own, not served, needs no contract; anything served does.
+            if spec is None and (entry.kind != "multimodal" or entry.served or entry.base is not None):
                 problems.append(MapProblem(name, "kind", f"{entry.kind} agent has no contract in agent_graph.agents "
                                                          f"(known: {', '.join(agent_names())})"))
             elif spec is not None and spec.kind != entry.kind:
                 problems.append(MapProblem(name, "kind", f"{entry.kind!r}, but its contract is {spec.kind!r}"))
+            if entry.kind == "multimodal" and entry.served and entry.base is None:
+                problems.append(MapProblem(name, "base", "a served multimodal agent runs on a vision-language base "
+                                                         "with its adapter: set 'base' (and 'adapter'), or "
+                                                         "'served': false"))
             if spec is not None and entry.review is not None:
                 problems += [MapProblem(name, f, m) for f, m in entry.review.problems(spec.output_model.model_json_schema())]
         for name in agent_names():
@@ -322,8 +335,9 @@ class AgentMap(BaseModel):
     def store_problems(self, store: Any, *, budgets: bool = True) -> list[MapProblem]:
         """Every ref that does not resolve in ``store`` (a ``modelstore.ModelStore``), and every mismatch.
 
-        Checks that each ref resolves, is of the right kind, that adapters were validated against the
-        entry's base version, that the base offers at least one acceptable variant, and that
+        Checks every served agent on a base: that each ref resolves, is of the right kind, that adapters were
+        validated against the entry's base version, that a multimodal agent's base is a vision-language one
+        (its manifest has a ``vision`` section), that the base offers at least one acceptable variant, and that
         ``max_new_tokens`` holds the agent's largest valid reply counted with the base's own tokenizer
         (``agent_graph.budget``; skipped when the base ships no loadable tokenizer, e.g. a dry-run store, or
         when ``budgets`` is False).
@@ -331,7 +345,7 @@ class AgentMap(BaseModel):
         problems: list[MapProblem] = []
         tokenizers: dict[str, Any] = {}
         for name, entry in self.agents.items():
-            if entry.kind != "llm":
+            if entry.base is None or not entry.served:  # own weights, or not deployed: nothing to resolve
                 continue
             resolved = {}
             for field, ref in entry.refs().items():
@@ -349,6 +363,9 @@ class AgentMap(BaseModel):
                 problem = budget_problem(name, entry.max_new_tokens, tokenizer)
                 if problem is not None:
                     problems.append(MapProblem(name, "max_new_tokens", f"{problem} (tokenizer of {base.ref})"))
+            if entry.kind == "multimodal" and getattr(base.manifest, "vision", None) is None:
+                problems.append(MapProblem(name, "base", f"{base.ref} is not a vision-language base (its manifest "
+                                           f"has no 'vision' section); a multimodal agent reads images"))
             offered = base.manifest.approx_vram_mb
             usable = [v for v in entry.variant_preference if v in offered]
             if not usable:

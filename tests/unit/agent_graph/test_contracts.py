@@ -14,19 +14,22 @@ from agent_graph.contracts import schema_skeleton
 from agent_graph.heuristics import HEURISTICS
 from modelstore.seed import TEXT_AGENTS
 
+from .images import heuristic as run_with_images
+
 LLM_AGENTS = sorted(TEXT_AGENTS)
 SPECS = sorted(AGENTS)
 
 
 def _example_output(name: str):
     spec = get_spec(name)
-    heuristic = next(h for h in HEURISTICS.values() if h.agent == name)
-    return heuristic.fn(spec.example)
+    heuristic = next(n for n, h in HEURISTICS.items() if h.agent == name)
+    return run_with_images(heuristic, spec.example)
 
 
-def test_registry_holds_every_text_and_embedding_agent():
-    assert set(AGENTS) == {*TEXT_AGENTS, "scout", "memory"}
+def test_registry_holds_every_text_embedding_and_multimodal_agent():
+    assert set(AGENTS) == {*TEXT_AGENTS, "scout", "memory", "newsreader"}
     assert {n for n, s in AGENTS.items() if s.kind == "llm"} == set(TEXT_AGENTS)
+    assert {n for n, s in AGENTS.items() if s.kind == "multimodal"} == {"newsreader"}
 
 
 def test_unknown_agent_lists_known_agents():
@@ -73,6 +76,12 @@ BAD_VALUES = [
     ("scout", "output", "dimensions", 3, "expected dimensions (3)"),
     ("memory", "input", "normalize", "perhaps", "valid boolean"),
     ("memory", "output", "vectors", [], "at least 1 item"),
+    ("newsreader", "input", "image", "", "at least 1 character"),
+    ("newsreader", "input", "text", "t" * 1001, "at most 1000 characters"),
+    ("newsreader", "output", "image_kind", "cartoon", "'chart', 'photo', 'text_page' or 'map'"),
+    ("newsreader", "output", "headline", "h" * 121, "at most 120 characters"),
+    ("newsreader", "output", "caption", "", "at least 1 character"),
+    ("newsreader", "output", "confidence", 1.01, "less than or equal to 1"),
 ]
 
 

@@ -7,6 +7,8 @@ import pytest
 from agent_graph import UnknownAgent, get_spec, run_heuristic
 from agent_graph.heuristics import HEURISTICS, get_heuristic
 
+from .images import decoded, encode
+
 LONG = "The council said the bridge budget rose sharply. " * 40
 
 # Inputs at (or near) their bounds: outputs must still fit every output limit.
@@ -23,18 +25,28 @@ EDGE_INPUTS = {
     "re_ranker": {"query": "the of and", "passages": ["p"] * 16},
     "scout": {"texts": ["a " * 4000] * 64, "normalize": False},
     "memory": {"texts": ["", "x"][1:]},
+    "newsreader": {"image": "", "text": "t" * 1000},  # the image is filled in below: a tall grey JPEG, 8 px wide
 }
+
+
+def _edge_input(agent: str) -> dict:
+    if agent != "newsreader":
+        return EDGE_INPUTS[agent]
+    from PIL import Image
+
+    return {**EDGE_INPUTS[agent], "image": encode(Image.new("L", (8, 900), 128), "JPEG", data_url=True)}
 
 
 @pytest.mark.parametrize("name", sorted(HEURISTICS))
 def test_heuristic_valid_and_deterministic(name):
     h = get_heuristic(name)
     spec = get_spec(h.agent)
-    for inp in (spec.example, spec.load_input(EDGE_INPUTS[h.agent])):
-        first = h.fn(inp)
+    for inp in (spec.example, spec.load_input(_edge_input(h.agent))):
+        args = (inp, decoded(h.agent, inp)) if h.images else (inp,)
+        first = h.fn(*args)
         assert isinstance(first, spec.output_model)
         assert spec.validate_output(first, inp) == first
-        assert h.fn(inp) == first == run_heuristic(name, inp)
+        assert h.fn(*args) == first == run_heuristic(name, *args)
 
 
 def test_every_agent_has_a_heuristic():
