@@ -6,6 +6,12 @@ BaseLLM, then the bare base, then the legacy last resort (a local heuristic). Em
 memory) walk ``base`` (the sentence-transformers deployment) then ``legacy``. Model calls are injected as
 async callables, so tests drive the class with fakes and ``deployments/agent.py`` passes Serve handles.
 
+A multimodal agent (newsreader) walks the same chain on a vision-language base. Its images are admitted
+(``deployments.vision``: size before decoding, format, pixels, then a full decode in a worker thread)
+before any step, so a bad image is the caller's 4xx, never a model failure walked down the chain; the model
+steps send the images as the caller gave them (the base replica admits them again) and the legacy step
+reads the decoded pixels.
+
 This is the one walker of an agent's chain (``agent_graph.fallback`` holds the chain as data). A caller's
 mistake (bad input, a prompt over the engine limit) or an overloaded base stops it at once instead of being
 "answered" by a later step, strict mode tries the first step only, and every request has a deadline.
@@ -24,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent_graph import (AgentMap, AgentSpec, ContractError, Route, generation_request, get_spec, routes,
                          run_heuristic)
 from deployments.errors import (AgentUnavailableError, FallbackExhaustedError, InvalidRequestError, OverloadedError,
-                                RequestTooLargeError)
+                                RequestTooLargeError, ServeError, UnsupportedMediaTypeError)
+from deployments.limits import LIMITS, AdmissionLimits, check_image_count
+from deployments.vision.images import admit_image_async
 from rollout.router import CanaryRouter, Choice, pin_and_choose
 
 __all__ = ["DEFAULT_DEADLINE_S", "DeadlineExceededError", "AgentFailure", "AgentUsage", "AgentResponse",
@@ -82,8 +90,8 @@ class AgentResponse(BaseModel):
 
 def is_caller_error(exc: BaseException) -> bool:
     """True for failures no other model would fix: the request is wrong, or the BaseLLM is overloaded."""
-    return isinstance(exc, (InvalidRequestError, RequestTooLargeError, OverloadedError)) or \
-        type(exc).__name__ == "BackPressureError"
+    caller = (InvalidRequestError, RequestTooLargeError, UnsupportedMediaTypeError, OverloadedError)
+    return isinstance(exc, caller) or type(exc).__name__ == "BackPressureError"
 
 
 class AgentMetrics:
@@ -152,12 +160,13 @@ class AgentServer:
         embed: calls the embeddings deployment (needed by embedding agents).
         strict: never fall back; the first step's failure is the answer.
         metrics: an :class:`AgentMetrics`; a fresh one by default.
+        limits: the admission limits a multimodal agent's images must pass.
     """
 
     def __init__(self, name: str, agent_map: AgentMap, *, llm: LLMCall | None = None, embed: EmbedCall | None = None,
                  strict: bool = False, metrics: AgentMetrics | None = None,
                  pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None,
-                 deadline_s: float = DEFAULT_DEADLINE_S):
+                 deadline_s: float = DEFAULT_DEADLINE_S, limits: AdmissionLimits = LIMITS):
         if deadline_s <= 0:
             raise ValueError(f"deadline_s ({deadline_s}) must be > 0")
         self.deadline_s = deadline_s
@@ -165,8 +174,9 @@ class AgentServer:
         self.map = agent_map
         self.entry = agent_map.entry(name)
         self.spec: AgentSpec = get_spec(name)
-        if self.spec.kind == "llm" and llm is None:
-            raise ValueError(f"agent {name!r} is an llm agent and needs an llm caller")
+        self.limits = limits
+        if self.spec.prompted and llm is None:
+            raise ValueError(f"agent {name!r} is an {self.spec.kind} agent and needs an llm caller")
         if self.spec.kind == "embedding" and embed is None:
             raise ValueError(f"agent {name!r} is an embedding agent and needs an embed caller")
         self._llm, self._embed = llm, embed
@@ -189,8 +199,11 @@ class AgentServer:
             strict: this request only: no fallback (the server's own ``strict`` always applies).
 
         Raises:
-            InvalidRequestError: the body does not validate (400).
-            RequestTooLargeError, OverloadedError: raised by the BaseLLM, passed through (413, 503).
+            InvalidRequestError: the body does not validate (400), or an image is not admitted (400:
+                corrupt, truncated, animated, a remote URL; InvalidImageError).
+            UnsupportedMediaTypeError: an image in a format not decoded (415).
+            RequestTooLargeError: an image over a byte or pixel limit, too many images (413); or raised by
+                the BaseLLM and passed through, as OverloadedError (503) is.
             AgentUnavailableError: strict mode and the first step failed (503).
             FallbackExhaustedError: every step failed (502).
         """
@@ -200,6 +213,11 @@ class AgentServer:
         except Exception as exc:  # InvalidAgentInput: the caller's mistake
             self.metrics.done(self.name, "invalid_input", "none", time.monotonic() - started)
             raise InvalidRequestError(str(exc)) from None
+        try:
+            images = await self._admit(inp)
+        except ServeError as exc:  # the caller's image: refused before any step
+            self.metrics.done(self.name, exc.error_type, "none", time.monotonic() - started)
+            raise
         strict = strict or self.strict
         chain = routes(self.map, self.name, self.spec.task_of(inp))
         if strict:
@@ -210,7 +228,7 @@ class AgentServer:
         deadline = started + self.deadline_s
         for route in chain:
             try:
-                output, answered_by, pool = await self._bounded(route, inp, usage, deadline, unavailable)
+                output, answered_by, pool = await self._bounded(route, inp, usage, deadline, unavailable, images)
             except Exception as exc:  # noqa: BLE001 - any failure of a step means: try the next one
                 if is_caller_error(exc):
                     self.metrics.done(self.name, getattr(exc, "error_type", "overloaded"), route.step,
@@ -235,31 +253,46 @@ class AgentServer:
         self.metrics.done(self.name, "exhausted", "none", seconds)
         raise FallbackExhaustedError(f"agent {self.name!r}: every fallback step failed ({tried})")
 
+    async def _admit(self, inp: BaseModel) -> list[Any]:
+        """The decoded images of ``inp`` (none for a text agent), admitted under the limits.
+
+        Raises:
+            ServeError: the first image refused (400, 413 or 415), or too many images (413).
+        """
+        sources = self.spec.images_of(inp)
+        if not sources:
+            return []
+        check_image_count(len(sources), self.limits)
+        admitted = await asyncio.gather(*(admit_image_async(source, self.limits, field=name)
+                                          for name, source in sources))
+        return [a.image for a in admitted]
+
     async def _bounded(self, route: Route, inp: BaseModel, usage: AgentUsage, deadline: float,
-                       unavailable: set[str] | None = None) -> tuple[BaseModel, str, str | None]:
+                       unavailable: set[str] | None = None,
+                       images: list[Any] = ()) -> tuple[BaseModel, str, str | None]:
         """Run a step within what is left of the request's deadline. The legacy step is local and quick, so it
         always runs: a request whose model steps used up the deadline is still answered."""
         if route.step == "legacy":
-            return await self._run(route, inp, usage, unavailable)
+            return await self._run(route, inp, usage, unavailable, images)
         left = deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceededError(f"the agent's {self.deadline_s:g}s deadline passed before this step")
         budget = asyncio.timeout(left)  # in this task, unlike wait_for: the step pins its version at once
         try:
             async with budget:
-                return await self._run(route, inp, usage, unavailable)
+                return await self._run(route, inp, usage, unavailable, images)
         except TimeoutError:
             if not budget.expired():  # a timeout of the step's own, not the deadline
                 raise
             raise DeadlineExceededError(f"no answer within the {left:.1f}s left of the agent's "
                                         f"{self.deadline_s:g}s deadline") from None
 
-    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage,
-                   unavailable: set[str] | None = None) -> tuple[BaseModel, str, str | None]:
+    async def _run(self, route: Route, inp: BaseModel, usage: AgentUsage, unavailable: set[str] | None = None,
+                   images: list[Any] = ()) -> tuple[BaseModel, str, str | None]:
         if route.step == "legacy":
             if not route.model_id.startswith("heuristic:"):
                 raise NotImplementedError(f"legacy model {route.model_id!r} is not served by this project")
-            output = run_heuristic(route.model_id.split(":", 1)[1], inp)
+            output = run_heuristic(route.model_id.split(":", 1)[1], inp, images)
             return self.spec.validate_output(output, inp), route.model_id, None
         if self.spec.kind == "embedding":
             reply = await self._embed(inp.model_dump(mode="json"))
