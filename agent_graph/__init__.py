@@ -8,7 +8,7 @@ from .errors import (AgentGraphError, AgentMapError, ContractError, InvalidAgent
                      MapProblem, UnknownAgent)
 from .fallback import Answer, Route, generation_request, routes
 from .heuristics import HEURISTICS, run_heuristic
-from .pipeline import NEWSROOM, Article, PipelineResult, Step, StepRecord, arun_pipeline, run_pipeline
+from .pipeline import NEWSROOM, Article, PipelineResult, Step, StepRecord, arun_pipeline, newsroom, run_pipeline
 from .schema import AgentEntry, AgentMap, LegacyEntry, default_map_path, load_agent_map
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "UnknownAgent",
     "Answer", "Route", "generation_request", "routes",
     "HEURISTICS", "run_heuristic",
-    "NEWSROOM", "Article", "PipelineResult", "Step", "StepRecord", "arun_pipeline", "run_pipeline",
+    "NEWSROOM", "Article", "PipelineResult", "Step", "StepRecord", "arun_pipeline", "newsroom", "run_pipeline",
     "AgentEntry", "AgentMap", "LegacyEntry", "default_map_path", "load_agent_map",
 ]

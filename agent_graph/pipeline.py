@@ -3,6 +3,10 @@
 Each :class:`Step` names an agent and a small pure function that builds the step's input from the
 article and the typed outputs of earlier steps. Calling an agent is injected: the serving layer passes
 a function that calls deployments, tests pass one that runs the heuristics.
+
+An article with ``images`` first has each read by the newsreader (steps ``newsreader_0``, ``newsreader_1``
+...); what it read (kind, headline, caption) reaches the synthesizer as lines after the article's text. An
+article without images runs exactly :data:`NEWSROOM`.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from .agents.chief_editor import ChiefEditorInput
 from .agents.critic import ClaimCheck, CriticInput, CriticOutput
 from .agents.embeddings import EmbedInput
 from .agents.fact_checker import MAX_CLAIMS, MAX_EVIDENCE, FactCheckerInput, FactCheckerOutput
+from .agents.newsreader import ImageSource, NewsreaderInput, NewsreaderOutput
 from .agents.synthesizer import MAX_ARTICLES, SourceArticle, SynthesizerInput, SynthesizerOutput
 from .contracts import Contract, Text, get_spec
 from .fallback import Answer
 from .heuristics import sentences
 
-__all__ = ["Article", "Step", "StepRecord", "PipelineResult", "NEWSROOM", "run_pipeline", "arun_pipeline",
-           "claims_of"]
+__all__ = ["Article", "Step", "StepRecord", "PipelineResult", "NEWSROOM", "newsroom", "run_pipeline", "arun_pipeline",
+           "claims_of", "image_context"]
 
 Outputs = Mapping[str, BaseModel]
 
@@ -41,6 +46,10 @@ class Article(Contract):
                                        description="Candidate evidence passages; the scout keeps the closest.")
     related: list[SourceArticle] = Field(default_factory=list, max_length=MAX_ARTICLES - 1,
                                          description="Other coverage of the story, for the synthesis.")
+    images: list[ImageSource] = Field(
+        default_factory=list, description="Images of the article (base64 of a PNG, JPEG or WebP file, or a "
+        "data:image/...;base64, URL), each read by the newsreader first; its reading goes to the synthesis. How "
+        "many one request may carry, and how large each may be, are the service's admission limits (413).")
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,34 @@ def _not_rejected(_: Article, out: Outputs) -> bool:
     return out["critic"].verdict != "reject"  # type: ignore[attr-defined]
 
 
-def _synthesis(article: Article, _: Outputs) -> SynthesizerInput:
-    own = SourceArticle(title=article.title, text=article.text[:6000])
+def _reading(i: int) -> Callable[[Article, Outputs], NewsreaderInput]:
+    def build(article: Article, _: Outputs) -> NewsreaderInput:
+        return NewsreaderInput(image=article.images[i])
+
+    return build
+
+
+_IMAGE_CONTEXT_CHARS = 2000
+
+
+def image_context(out: Outputs) -> str:
+    """What the newsreader read of the article's images, one line each (``""`` when there were none).
+
+    ``[image 0] chart, headline 'flood': a chart about flood``; clipped to a bounded length.
+    """
+    lines: list[str] = []
+    while (reading := out.get(f"newsreader_{len(lines)}")) is not None:
+        read: NewsreaderOutput = reading  # type: ignore[assignment]
+        headline = f", headline {read.headline!r}" if read.headline else ""
+        lines.append(f"[image {len(lines)}] {read.image_kind}{headline}: {read.caption}")
+    text = "\n".join(lines)
+    return text if len(text) <= _IMAGE_CONTEXT_CHARS else text[: _IMAGE_CONTEXT_CHARS - 3] + "..."
+
+
+def _synthesis(article: Article, out: Outputs) -> SynthesizerInput:
+    images = image_context(out)
+    block = f"\n\nImages of the article:\n{images}" if images else ""
+    own = SourceArticle(title=article.title, text=article.text[: 6000 - len(block)] + block)
     return SynthesizerInput(task="synthesis" if article.related else "summary", articles=[own, *article.related])
 
 
@@ -120,6 +155,12 @@ NEWSROOM: tuple[Step, ...] = (
 )
 
 
+def newsroom(article: Article) -> tuple[Step, ...]:
+    """The steps for ``article``: one newsreader step per image, then :data:`NEWSROOM`."""
+    reads = tuple(Step(f"newsreader_{i}", "newsreader", _reading(i)) for i in range(len(article.images)))
+    return reads + NEWSROOM
+
+
 class StepRecord(BaseModel):
     """What one step received and returned, and which model answered."""
 
@@ -128,7 +169,8 @@ class StepRecord(BaseModel):
     step: str = Field(description="Step name.")
     agent: str = Field(description="Agent called.")
     skipped: bool = Field(False, description="True when the step's condition did not hold.")
-    input: dict[str, Any] | None = Field(None, description="The step's input, as JSON.")
+    input: dict[str, Any] | None = Field(None, description="The step's input, as JSON (an image as its sha256 "
+                                         "digest and length: the caller has it).")
     output: dict[str, Any] | None = Field(None, description="The step's output, as JSON.")
     answered_by: str | None = Field(None, description="Adapter ref, base ref or legacy id that answered.")
 
@@ -171,24 +213,26 @@ def _drive(article: Article, steps: tuple[Step, ...]) -> Generator[tuple[str, Ba
         output, by = (result.output, result.answered_by) if isinstance(result, Answer) else (result, None)
         output = spec.validate_output(output, inp)
         outputs[step.name] = output
-        records.append(StepRecord(step=step.name, agent=step.agent, input=inp.model_dump(mode="json"),
+        records.append(StepRecord(step=step.name, agent=step.agent, input=spec.record_input(inp),
                                   output=output.model_dump(mode="json"), answered_by=by))
     return PipelineResult(article_id=article.id, steps=records)
 
 
-def run_pipeline(article: Article | Mapping[str, Any], call: Call, steps: tuple[Step, ...] = NEWSROOM) -> PipelineResult:
+def run_pipeline(article: Article | Mapping[str, Any], call: Call,
+                 steps: tuple[Step, ...] | None = None) -> PipelineResult:
     """Run ``steps`` on ``article``, calling ``call(agent, input)`` for each.
 
     Args:
         article: the article (or its JSON object).
         call: returns the agent's output model, or an :class:`~agent_graph.fallback.Answer` (which also
             records the model that answered).
-        steps: the pipeline; default :data:`NEWSROOM`.
+        steps: the pipeline; default :func:`newsroom` of the article (:data:`NEWSROOM` without images).
 
     Raises:
         ContractError: a step's output does not fit its input.
     """
-    gen = _drive(Article.model_validate(article), steps)
+    article = Article.model_validate(article)
+    gen = _drive(article, newsroom(article) if steps is None else steps)
     try:
         agent, inp = next(gen)
         while True:
@@ -198,9 +242,10 @@ def run_pipeline(article: Article | Mapping[str, Any], call: Call, steps: tuple[
 
 
 async def arun_pipeline(article: Article | Mapping[str, Any], call: Callable[[str, BaseModel], Awaitable[Any]],
-                        steps: tuple[Step, ...] = NEWSROOM) -> PipelineResult:
+                        steps: tuple[Step, ...] | None = None) -> PipelineResult:
     """:func:`run_pipeline` with an async ``call`` (the serving layer awaits deployment handles)."""
-    gen = _drive(Article.model_validate(article), steps)
+    article = Article.model_validate(article)
+    gen = _drive(article, newsroom(article) if steps is None else steps)
     try:
         agent, inp = next(gen)
         while True:

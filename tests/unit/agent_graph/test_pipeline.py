@@ -9,7 +9,10 @@ import pytest
 from agent_graph import (NEWSROOM, Answer, Article, ContractError, PipelineResult, get_spec, load_agent_map, routes,
                          run_heuristic)
 from agent_graph.heuristics import HEURISTICS
-from agent_graph.pipeline import arun_pipeline, claims_of, run_pipeline
+from agent_graph.pipeline import arun_pipeline, claims_of, newsroom, run_pipeline
+
+from .images import encode
+from .images import heuristic as run_with_images
 
 ARTICLE = Article(
     id="a-1",
@@ -23,10 +26,11 @@ ARTICLE = Article(
 
 
 def heuristic_call(agent, inp):
-    """The fake the tests inject: the agent's heuristic, checked to receive its own input type."""
+    """The fake the tests inject: the agent's heuristic, checked to receive its own input type (its images
+    decoded as the agent server would)."""
     assert isinstance(inp, get_spec(agent).input_model)
     name = next(n for n, h in HEURISTICS.items() if h.agent == agent)
-    return run_heuristic(name, inp)
+    return run_with_images(name, inp)
 
 
 def test_pipeline_is_data():
@@ -131,3 +135,46 @@ def test_article_without_claims_or_evidence():
     result = run_pipeline(article, heuristic_call)
     assert result.record("fact_checker").input["evidence"] == []
     assert [v.verdict for v in result.output("fact_checker").verdicts] == ["unverified", "unverified"]
+
+
+def _images(*kinds: str) -> list[str]:
+    import random
+
+    from training.vision_task import make_example
+
+    rng = random.Random(5)
+    return [encode(make_example(rng, kind=kind, word="flood")[0], data_url=True) for kind in kinds]
+
+
+def test_without_images_the_pipeline_is_the_newsroom_unchanged():
+    assert newsroom(ARTICLE) == NEWSROOM and ARTICLE.images == []
+    assert run_pipeline(ARTICLE, heuristic_call) == run_pipeline(ARTICLE, heuristic_call, NEWSROOM)
+
+
+def test_images_are_read_first_and_their_reading_reaches_the_synthesis():
+    article = ARTICLE.model_copy(update={"images": _images("chart", "map"),
+                                         "claims": ["The council approved the bridge on Monday."]})
+    result = run_pipeline(article, heuristic_call)
+    assert [r.step for r in result.steps] == ["newsreader_0", "newsreader_1", *(s.name for s in NEWSROOM)]
+    readings = [result.output("newsreader_0"), result.output("newsreader_1")]
+    assert [r.image_kind for r in readings] == ["chart", "map"]
+    # A record names the image by digest; the caller has the bytes.
+    assert result.record("newsreader_0").input["image"].startswith("sha256:")
+    synthesis_text = result.record("synthesizer").input["articles"][0]["text"]
+    assert synthesis_text.startswith(article.text)
+    assert synthesis_text.endswith("Images of the article:\n[image 0] chart: a chart\n[image 1] map: a map")
+
+
+def test_the_image_context_keeps_the_article_within_its_bound():
+    article = ARTICLE.model_copy(update={"text": "word " * 1600, "images": _images("photo")})
+    text = run_pipeline(article, heuristic_call).record("synthesizer").input["articles"][0]["text"]
+    assert len(text) <= 6000 and text.endswith("[image 0] photo: a photo")
+
+
+def test_the_image_context_names_a_headline_read():
+    from agent_graph.agents.newsreader import NewsreaderOutput
+    from agent_graph.pipeline import image_context
+
+    read = NewsreaderOutput(image_kind="map", headline="flood", caption="a map about flood", confidence=0.8)
+    assert image_context({"newsreader_0": read, "scout": None}) == "[image 0] map, headline 'flood': a map about flood"
+    assert image_context({}) == ""
