@@ -17,8 +17,9 @@ Examples::
     justnews preflight --json
     justnews kuberay --serve-config serve_config.yaml --out cluster/kuberay/rayservice.yaml
 
-Without ``--demands`` the plan places the agent map's base pools (``BaseLLM-<variant>``, see
-:mod:`cluster.pools`) over the store's current base and adapters, and ``--emit-serve-config`` writes them as
+Without ``--demands`` the plan places the agent map's base pools (``BaseLLM-<variant>`` on the text base,
+``BaseLLM-<name>-<variant>`` on a named base such as the newsreader's vision base; see :mod:`cluster.pools`)
+over the store's bases and adapters, and ``--emit-serve-config`` writes them as
 a Serve config that deploys unchanged. Exit codes: 0 done, 1 preflight found a failure, 2 refused (nothing
 fits, bad input).
 """
@@ -116,8 +117,8 @@ def _map_pools(args, inventory, policy):
     store = _store(args)
     if store is None:
         raise PlanningError("no --demands and no store (give --store-root or set MODEL_STORE_ROOT)")
-    base, needs = needs_from_map(load_agent_map(args.map), store)
-    return store, plan_pools(needs, base, inventory, policy)
+    bases, needs = needs_from_map(load_agent_map(args.map), store)
+    return store, plan_pools(needs, bases, inventory, policy)
 
 
 def cmd_plan(args) -> int:

@@ -54,6 +54,15 @@ class BaseFacts(BaseModel):
         default=None, gt=0, description="K and V values cached per token (2 x layers x KV heads x head dim); "
         "None when unknown (the policy's fallback figure applies)."
     )
+    tokens_per_image: int = Field(default=0, ge=0, description="Prompt tokens one image costs at most (the "
+                                  "manifest's vision section); 0 for a text-only base.")
+    max_images_per_request: int = Field(default=0, ge=0, description="Images one prompt may carry (the manifest's "
+                                        "vision section); 0 for a text-only base.")
+
+    @property
+    def image_tokens(self) -> int:
+        """Prompt tokens the images of one request may add to a sequence (its KV cache grows by as many)."""
+        return self.tokens_per_image * self.max_images_per_request
 
     @model_validator(mode="after")
     def _rules(self) -> "BaseFacts":
@@ -67,13 +76,17 @@ class BaseFacts(BaseModel):
     @classmethod
     def from_manifest(cls, manifest: Any, ref: str | None = None, *,
                       kv_values_per_token: int | None = None) -> "BaseFacts":
-        """Facts of a ``modelstore.Manifest`` (or ``ModelMetadata``) of a base."""
+        """Facts of a ``modelstore.Manifest`` (or ``ModelMetadata``) of a base, its vision section included."""
         version = getattr(manifest, "version", None)
-        return cls(ref=ref or (f"base_models@{version}" if version else "base_models@current"),
+        namespace = getattr(manifest, "namespace", None) or "base_models"
+        vision = getattr(manifest, "vision", None)
+        return cls(ref=ref or f"{namespace}@{version or 'current'}",
                    approx_vram_mb=dict(manifest.approx_vram_mb),
                    quantized_variants=tuple(manifest.quantized_variants),
                    variant_preference=tuple(manifest.variant_preference),
-                   kv_values_per_token=kv_values_per_token)
+                   kv_values_per_token=kv_values_per_token,
+                   tokens_per_image=vision.tokens_per_image if vision else 0,
+                   max_images_per_request=vision.max_images_per_request if vision else 0)
 
 
 class AdapterFacts(BaseModel):
@@ -125,7 +138,10 @@ class DeploymentDemand(BaseModel):
 
 
 def kv_values_per_token(config: dict[str, Any]) -> int | None:
-    """K and V values cached per token for a transformers decoder ``config.json``; None if it lacks the shape."""
+    """K and V values cached per token for a transformers decoder ``config.json`` (a vision-language model's:
+    its ``text_config``, the language model that holds the cache); None if it lacks the shape."""
+    if "num_hidden_layers" not in config and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]
     try:
         layers = int(config["num_hidden_layers"])
         heads = int(config["num_attention_heads"])
@@ -169,9 +185,12 @@ def _entry_to_demand(entry: dict[str, Any], store: Any, here: Path) -> Deploymen
     kv = entry.pop("kv_values_per_token", None)
     if "base_metadata" in entry:
         meta = json.loads((here / entry.pop("base_metadata")).read_text())
+        vision = meta.get("vision") or {}
         base = BaseFacts(ref=entry.pop("base_ref_name", "base_models@current"), approx_vram_mb=meta["approx_vram_mb"],
                          quantized_variants=meta.get("quantized_variants", ()),
-                         variant_preference=meta.get("variant_preference", ()), kv_values_per_token=kv)
+                         variant_preference=meta.get("variant_preference", ()), kv_values_per_token=kv,
+                         tokens_per_image=vision.get("tokens_per_image", 0),
+                         max_images_per_request=vision.get("max_images_per_request", 1) if vision else 0)
     else:
         if store is None:
             raise DemandError(f"deployment {name!r} names base_ref {entry['base_ref']!r}: --store-root is needed")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .pools import Pool, PoolLayout
+from .pools import Pool, PoolLayout, pool_name
 from .planner import DeploymentPlan, Plan
 
 __all__ = ["PoolPlacement", "AppPlacement", "placement_from_plan", "placement_without_plan"]
@@ -58,13 +58,18 @@ class AppPlacement(BaseModel):
 
     @model_validator(mode="after")
     def _routes_name_pools(self) -> "AppPlacement":
+        misnamed = {n: pool_name(p.variant, p.base_ref) for n, p in self.pools.items()
+                    if n != pool_name(p.variant, p.base_ref)}
+        if misnamed:
+            wrong = ", ".join(f"{n!r} should be {w!r}" for n, w in misnamed.items())
+            raise ValueError(f"pool names must say their base and variant: {wrong}")
         self.layout()  # PoolLayout validates that every route names a pool
         return self
 
     def layout(self) -> PoolLayout:
         """The pools and routes as a :class:`~cluster.pools.PoolLayout`."""
         pools = tuple(Pool(name=name, variant=p.variant, agents=tuple(p.agents), adapters=tuple(p.adapters),
-                           reason=p.reason) for name, p in self.pools.items())
+                           reason=p.reason, base_ref=p.base_ref) for name, p in self.pools.items())
         return PoolLayout(pools=pools, routes={a: tuple(r) for a, r in self.routes.items()})
 
 
@@ -86,10 +91,13 @@ def placement_from_plan(layout: PoolLayout, plan: Plan) -> AppPlacement:
     return AppPlacement(inventory=plan.inventory, pools=pools, routes={a: list(r) for a, r in layout.routes.items()})
 
 
-def placement_without_plan(layout: PoolLayout, base_ref: str, num_cpus: float = 1.0) -> AppPlacement:
+def placement_without_plan(layout: PoolLayout, base_ref: str | None = None, num_cpus: float = 1.0) -> AppPlacement:
     """Pools on defaults (``inventory: none``, or an 'auto' inventory that could not be read): CPU, no budget,
-    ``num_cpus`` per replica (the policy's)."""
-    pools = {p.name: PoolPlacement(variant=p.variant, device="cpu", base_ref=base_ref, agents=list(p.agents),
-                                   adapters=list(p.adapters), reason=p.reason,
+    ``num_cpus`` per replica (the policy's). Each pool serves its own base, else ``base_ref``."""
+    missing = [p.name for p in layout.pools if not (p.base_ref or base_ref)]
+    if missing:
+        raise ValueError(f"pools {missing} name no base and no base_ref was given")
+    pools = {p.name: PoolPlacement(variant=p.variant, device="cpu", base_ref=p.base_ref or base_ref,
+                                   agents=list(p.agents), adapters=list(p.adapters), reason=p.reason,
                                    serve_options={"ray_actor_options": {"num_cpus": num_cpus}}) for p in layout.pools}
     return AppPlacement(inventory="none", pools=pools, routes={a: list(r) for a, r in layout.routes.items()})

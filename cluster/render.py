@@ -57,7 +57,9 @@ def format_plan(plan: Plan) -> str:
         m = d.memory
         out.append(f"{d.name}: base {d.base_ref}, {len(d.adapters)} adapter(s)")
         out.append(f"  variant {d.variant}: {d.variant_reason}")
-        out.append(f"  kv cache: {m.max_concurrent_sequences} sequences x {m.kv_mb_per_sequence} MiB ({m.kv_source})")
+        images = f", {plan.policy.max_sequence_tokens} + {m.image_tokens} image tokens each" if m.image_tokens else ""
+        out.append(f"  kv cache: {m.max_concurrent_sequences} sequences x {m.kv_mb_per_sequence} MiB ({m.kv_source}"
+                   f"{images})")
         out.append(f"  adapters: {d.models_reason}; slot {m.adapter_slot_mb} MiB")
     out.append("")
     out.append(f"Packing at max_replicas ({plan.max_replicas_rule}):")

@@ -12,6 +12,10 @@ whose replica fits the capacity wins --
 Quantised variants are dropped everywhere when not allowed. When nothing fits, the error lists every
 candidate's need against the capacity.
 
+KV cache: ``max_concurrent_sequences`` sequences of ``max_sequence_tokens`` each; on a vision-language base
+each sequence also holds its images' tokens (``tokens_per_image x max_images_per_request`` from the
+manifest's vision section), so the same formula sizes a vision pool with the image tokens added.
+
 Adapters: ``max_num_models_per_replica`` is the least of the policy's cap, the number of adapters the
 deployment serves, and how many adapter slots (the largest adapter's size each) fit in what is left
 after weights + KV cache + context. A deployment without adapters gets 1 slot and reserves nothing.
@@ -41,7 +45,10 @@ class ReplicaMemory(BaseModel):
 
     weights_mb: int = Field(ge=0, description="Base weights of the chosen variant (manifest approx_vram_mb).")
     kv_cache_mb: int = Field(ge=0, description="KV cache: kv_mb_per_sequence x max_concurrent_sequences.")
-    kv_mb_per_sequence: float = Field(ge=0, description="KV cache of one sequence at max_sequence_tokens.")
+    kv_mb_per_sequence: float = Field(ge=0, description="KV cache of one sequence at max_sequence_tokens (plus "
+                                      "image_tokens on a vision base).")
+    image_tokens: int = Field(default=0, ge=0, description="Image tokens each sequence's cache holds beyond "
+                              "max_sequence_tokens: the vision base's tokens_per_image x max_images_per_request.")
     kv_source: Literal["policy", "base", "fallback"] = Field(description="Where kv_mb_per_sequence came from.")
     max_concurrent_sequences: int = Field(ge=1, description="Sequences decoded at once (engine batch size).")
     adapters_mb: int = Field(ge=0, description="Resident adapters: adapter_slot_mb x max_num_models_per_replica.")
@@ -86,13 +93,19 @@ def _kv_bytes_per_value(variant: str, device: Device) -> int:
 
 def kv_mb_per_sequence(demand: DeploymentDemand, policy: PlacementPolicy, variant: str,
                        device: Device) -> tuple[float, Literal["policy", "base", "fallback"]]:
-    """KV cache of one sequence at ``policy.max_sequence_tokens``, MiB, and where the figure came from."""
+    """KV cache of one sequence, MiB, and where the figure came from.
+
+    A sequence holds ``policy.max_sequence_tokens`` (prompt + reply) plus, on a vision base, the tokens its
+    images may add (``base.image_tokens``): the prompt budget grows by them. The policy's per-sequence figures
+    are for ``max_sequence_tokens``, so they grow in proportion.
+    """
+    tokens = policy.max_sequence_tokens + demand.base.image_tokens
     if policy.kv_cache_mb_per_sequence is not None:
-        return policy.kv_cache_mb_per_sequence, "policy"
+        return policy.kv_cache_mb_per_sequence * tokens / policy.max_sequence_tokens, "policy"
     if demand.base.kv_values_per_token:
         per_token = demand.base.kv_values_per_token * _kv_bytes_per_value(variant, device)
-        return per_token * policy.max_sequence_tokens / MIB, "base"
-    return policy.fallback_kv_cache_mb_per_sequence, "fallback"
+        return per_token * tokens / MIB, "base"
+    return policy.fallback_kv_cache_mb_per_sequence * tokens / policy.max_sequence_tokens, "fallback"
 
 
 def candidate_variants(demand: DeploymentDemand, policy: PlacementPolicy) -> list[tuple[str, str]]:
@@ -172,7 +185,8 @@ def size_replica(demand: DeploymentDemand, policy: PlacementPolicy, *, device: D
         models = min(limits.values())
         binding = next(k for k, v in limits.items() if v == models)
         memory = ReplicaMemory(weights_mb=weights, kv_cache_mb=kv, kv_mb_per_sequence=round(kv_seq, 2),
-                               kv_source=kv_source, max_concurrent_sequences=policy.max_concurrent_sequences,
+                               image_tokens=demand.base.image_tokens, kv_source=kv_source,
+                               max_concurrent_sequences=policy.max_concurrent_sequences,
                                adapters_mb=slot * models if demand.adapters else 0, adapter_slot_mb=slot,
                                context_mb=context)
         reason = why + "".join(f"; skipped {s}" for s in skipped)

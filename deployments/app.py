@@ -4,11 +4,14 @@ Reads the agent map and the ModelStore, checks that the store holds every model 
 fast with one message listing each problem), takes the placement (the planner's pools, see
 :mod:`cluster.pools`) and binds:
 
-    Ingress (FastAPI) -> Agent-<name> (one per served agent) -> BaseLLM-<variant> pools | Embeddings
+    Ingress (FastAPI) -> Agent-<name> (one per served agent) -> base pools | Embeddings
                       -> CanaryController (the canary gate; ``GET /canary``)
 
-Each llm agent is bound to the pools of its route (own pool first, then only pools whose variant the map
-lets it use). The placement is one source of truth for every pool, whichever way it arrives:
+A base pool is a BaseLLM deployment of one base and variant: ``BaseLLM-<variant>`` on the text base,
+``BaseLLM-<name>-<variant>`` on a named base (the newsreader's vision-language base, when the map serves it).
+Each agent on a base is bound to the pools of its route (own pool first, then only pools of its own base
+whose variant the map lets it use). The placement is one source of truth for every pool, whichever way it
+arrives:
 
 1. ``placement`` args: what ``justnews plan --emit-serve-config`` wrote (applied unchanged; checked
    against the map, so a route can never give a never-quantised agent an int8 pool);
@@ -98,7 +101,10 @@ def plan_placement(settings: AppSettings, store: Any, agent_map: Any) -> AppPlac
     from cluster.placement import placement_from_plan, placement_without_plan
     from cluster.pools import assign_pools, needs_from_map, plan_pools
 
-    base, needs = needs_from_map(agent_map, store)
+    try:
+        bases, needs = needs_from_map(agent_map, store)
+    except cluster.PlanningError as exc:
+        raise AppBuildError(f"the agent map cannot be placed: {exc}") from None
     if settings.placement is not None:
         try:
             settings.placement.layout().check_against(needs)
@@ -114,7 +120,7 @@ def plan_placement(settings: AppSettings, store: Any, agent_map: Any) -> AppPlac
         try:
             inventory = cluster.discover_from_ray() if settings.inventory == "auto" else \
                 cluster.load_inventory(settings.inventory)
-            placement = placement_from_plan(*plan_pools(needs, base, inventory, policy))
+            placement = placement_from_plan(*plan_pools(needs, bases, inventory, policy))
             log.info("placement (%s): %s", settings.inventory, {n: (p.variant, p.device, p.agents)
                                                                  for n, p in placement.pools.items()})
             return placement
@@ -123,9 +129,9 @@ def plan_placement(settings: AppSettings, store: Any, agent_map: Any) -> AppPlac
                 raise AppBuildError(f"planning on inventory {settings.inventory!r} failed: {exc}") from exc
             log.warning("inventory 'auto': no placement plan (%s: %s); pools on defaults", type(exc).__name__, exc)
     try:
-        return placement_without_plan(assign_pools(needs, base, policy=policy), base.ref, policy.num_cpus_per_replica)
+        return placement_without_plan(assign_pools(needs, bases, policy=policy), num_cpus=policy.num_cpus_per_replica)
     except cluster.PlanningError as exc:
-        raise AppBuildError(f"the agent map cannot be placed on {base.ref}: {exc}") from None
+        raise AppBuildError(f"the agent map cannot be placed on {sorted(bases)}: {exc}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -177,18 +183,30 @@ def _check_store(settings: AppSettings):
     except AgentMapError as exc:
         raise AppBuildError(f"the agent map and the ModelStore at {root} disagree; {hint}, or fix the map:\n{exc}") \
             from None
-    bases = {str(store.resolve(e.base).ref) for e in agent_map.agents.values() if e.kind == "llm" and e.served}
-    if len(bases) != 1:
-        raise AppBuildError(f"the base pools serve one base, but the llm agents name {sorted(bases)}")
-    from typing import get_args
+    from cluster.pools import is_pool_name
 
-    from cluster.demand import Variant
-    from cluster.pools import pool_name
-
-    unknown = sorted(set(settings.pools) - {pool_name(v) for v in get_args(Variant)})
+    unknown = sorted(n for n in settings.pools if not is_pool_name(n))
     if unknown:
-        raise AppBuildError(f"pools args name {unknown}; pool names are 'BaseLLM-<variant>'")
-    return store, agent_map, bases.pop()
+        raise AppBuildError(f"pools args name {unknown}; pool names are 'BaseLLM-<variant>' (the text base) or "
+                            "'BaseLLM-<base name>-<variant>' (a named base)")
+    return store, agent_map
+
+
+def _check_pool_bases(placement: AppPlacement, store: Any) -> None:
+    """Every pool's base is in the store and offers the pool's variant (a given placement may predate the store)."""
+    problems = []
+    for name, pool in placement.pools.items():
+        try:
+            manifest = store.resolve(pool.base_ref).manifest
+        except (LookupError, ValueError, OSError) as exc:
+            problems.append(f"pool {name}: base {pool.base_ref!r} is not in the store ({exc})")
+            continue
+        if pool.variant not in manifest.approx_vram_mb:
+            problems.append(f"pool {name}: base {pool.base_ref} offers no {pool.variant} weights "
+                            f"(offers {sorted(manifest.approx_vram_mb)})")
+    if problems:
+        raise AppBuildError(f"the placement ({placement.inventory}) does not fit the ModelStore at {store.root}: "
+                            + "; ".join(problems) + "; re-run `justnews plan --emit-serve-config`")
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -198,8 +216,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         AppBuildError: the store lacks a model the map names, or the settings do not fit together.
     """
     settings = AppSettings.model_validate(unflatten_args(dict(args or {})))
-    store, agent_map, base_ref = _check_store(settings)
+    store, agent_map = _check_store(settings)
     placement = plan_placement(settings, store, agent_map)
+    _check_pool_bases(placement, store)
     from deployments.base_llm.deployment import build_base_llm
 
     pools: dict[str, Application] = {}
@@ -214,11 +233,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     served = {n: e for n, e in agent_map.agents.items() if e.served}
     embeddings = build_embeddings(settings.embeddings) if any(e.kind == "embedding" for e in served.values()) else None
     agents = {name: build_agent(name, map_path=settings.map_path, strict=settings.strict,
-                                llm={p: pools[p] for p in placement.routes[name]} if entry.kind == "llm" else None,
+                                llm={p: pools[p] for p in placement.routes[name]} if name in placement.routes else None,
                                 embeddings=embeddings if entry.kind == "embedding" else None,
                                 settings=settings.agents, store_root=str(store.root))
               for name, entry in sorted(served.items())}
-    log.info("JustNews app: base %s, pools %s, agents %s, strict=%s", base_ref,
+    log.info("JustNews app: bases %s, pools %s, agents %s, strict=%s",
+             sorted({p.base_ref for p in placement.pools.values()}),
              {n: p.agents for n, p in placement.pools.items()}, ", ".join(agents), settings.strict)
     canary = build_canary_controller(str(store.root), settings.canary)
     return build_ingress(settings.ingress, map_path=settings.map_path, store_root=str(store.root), pools=pools,

@@ -48,16 +48,33 @@ def _serve_options(dep) -> dict:
             "autoscaling_config": auto, "user_config": cfg.user_config}
 
 
-def test_an_emitted_plan_builds_unchanged_and_serve_gets_its_options(seeded_store_root, tmp_path):
+def _agents(app) -> dict:
+    """Agent name -> its bound Serve deployment, read off the built application (the ingress' bound args)."""
+    agents = next(arg for arg in app._bound_deployment.init_args if isinstance(arg, dict) and "critic" in arg
+                  and hasattr(arg["critic"], "_bound_deployment"))
+    return {name: node._bound_deployment for name, node in agents.items()}
+
+
+def _emit(store_root, tmp_path, inventory: str, *extra: str) -> dict:
+    """`justnews plan --emit-serve-config` on ``inventory``: the application's args."""
     from cluster.cli import main
 
     out = tmp_path / "planned.yaml"
-    assert main(["plan", "--inventory", "h200-1gpu", "--store-root", str(seeded_store_root),
+    assert main(["plan", "--inventory", inventory, "--store-root", str(store_root), *extra,
                  "--emit-serve-config", str(out)]) == 0
-    args = yaml.safe_load(out.read_text())["applications"][0]["args"]
+    return yaml.safe_load(out.read_text())["applications"][0]["args"]
+
+
+def test_an_emitted_plan_builds_unchanged_and_serve_gets_its_options(seeded_store_root, tmp_path):
+    args = _emit(seeded_store_root, tmp_path, "h200-1gpu")
     placement = args["placement"]
     pools = _pools(build_app(args))
-    assert set(pools) == set(placement["pools"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8"}
+    assert set(pools) == set(placement["pools"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8"}  # newsreader not served
+    _assert_applied(pools, placement, "h200-1gpu")
+
+
+def _assert_applied(pools: dict, placement: dict, inventory: str) -> None:
+    """Each pool's deployment got exactly the placement's options and settings."""
     for name, dep in pools.items():
         planned = placement["pools"][name]
         got = _serve_options(dep)
@@ -73,8 +90,81 @@ def test_an_emitted_plan_builds_unchanged_and_serve_gets_its_options(seeded_stor
         assert settings["deployment_name"] == name and settings["variant"] == planned["variant"]
         assert settings["device"] == "auto"  # resolved on the replica: CUDA only if it sees a GPU
         assert settings["planned"] == {"pool": name, "variant": planned["variant"], "device": "cuda",
-                                       "memory_budget_mb": planned["memory_budget_mb"], "inventory": "h200-1gpu"}
+                                       "memory_budget_mb": planned["memory_budget_mb"], "inventory": inventory}
         assert settings["preload_adapters"] == planned["adapters"]
+        assert settings["base_ref"] == planned["base_ref"]
+
+
+@pytest.fixture(scope="module")
+def vision_root(tmp_path_factory, seeded_store_root):
+    """A copy of the seeded store with a newsreader adapter on the tiny vision base."""
+    from modelstore import ModelStore
+    from tests.unit.cluster import newsreader
+
+    root = tmp_path_factory.mktemp("vision-app") / "store"
+    shutil.copytree(seeded_store_root, root, symlinks=True)
+    newsreader.publish_adapter(ModelStore(root))
+    return root
+
+
+VISION_POOL = "BaseLLM-llava_tiny-bf16"  # the entry's first variant, on a GPU
+
+
+def test_a_served_newsreader_gets_its_vision_pool_and_only_that_route(vision_root, tmp_path):
+    from cluster import AppPlacement
+    from modelstore.seed import VISION_BASE_REF
+    from tests.unit.cluster import newsreader
+
+    map_path = newsreader.served_map(tmp_path / "map")
+    args = _emit(vision_root, tmp_path, "h200-1gpu", "--map", str(map_path))
+    placement = args["placement"]
+    assert args["map_path"] == str(map_path)
+    assert list(placement["pools"]) == ["BaseLLM-bf16", "BaseLLM-bnb-int8", VISION_POOL]
+    assert placement["pools"][VISION_POOL]["base_ref"] == VISION_BASE_REF
+    assert placement["pools"][VISION_POOL]["agents"] == ["newsreader"]
+    assert placement["pools"][VISION_POOL]["adapters"] == [newsreader.ADAPTER]
+    assert placement["routes"]["newsreader"] == [VISION_POOL]
+    assert AppPlacement.model_validate(placement).model_dump(mode="json") == placement  # round trip
+    app = build_app(args)
+    pools = _pools(app)
+    assert set(pools) == set(placement["pools"])
+    _assert_applied(pools, placement, "h200-1gpu")  # the vision pool's budget and Serve options, as planned
+    agents = _agents(app)
+    route = agents["newsreader"].init_args[3]  # AgentDeployment(agent, map_path, strict, llm, ...)
+    assert list(route) == [VISION_POOL] and route[VISION_POOL]._bound_deployment is pools[VISION_POOL]
+    for name in ("synthesizer", "critic", "analyst"):
+        assert VISION_POOL not in agents[name].init_args[3]
+
+
+def test_a_placement_that_mixes_bases_or_lacks_the_vision_base_is_refused(vision_root, tmp_path):
+    from tests.unit.cluster import newsreader
+
+    map_path = newsreader.served_map(tmp_path / "map")
+    args = _emit(vision_root, tmp_path, "cpu-only", "--map", str(map_path))
+    pool = "BaseLLM-llava_tiny-fp32"  # fp32 ahead of bf16 on a CPU cluster
+    assert args["placement"]["routes"]["newsreader"] == [pool]
+    bad = yaml.safe_load(yaml.safe_dump(args))
+    bad["placement"]["routes"]["newsreader"] = ["BaseLLM-fp32"]
+    with pytest.raises(AppBuildError, match=r"agent 'newsreader' may not use pool 'BaseLLM-fp32': it serves "
+                                            r"base_models@v1-tiny-mistral, the agent runs on base_models/llava_tiny@"):
+        build_app(bad)
+    bad = yaml.safe_load(yaml.safe_dump(args))
+    bad["placement"]["pools"][pool]["base_ref"] = "base_models/llava_tiny@v9-gone"
+    with pytest.raises(AppBuildError, match=rf"pool {pool}: base 'base_models/llava_tiny@v9-gone' is not in the store"):
+        build_app(bad)
+    settings = {**args, "pools": {pool: {"runtime": {"max_batch_size": 4}}}}  # a vision pool's own args
+    assert _pools(build_app(settings))[pool].init_args[0]["runtime"]["max_batch_size"] == 4
+
+
+def test_a_served_newsreader_whose_base_is_missing_fails_the_build_naming_it(vision_root, tmp_path):
+    from tests.unit.cluster import newsreader
+
+    map_path = newsreader.served_map(tmp_path / "map")
+    root = tmp_path / "store"
+    shutil.copytree(vision_root, root, symlinks=True)
+    shutil.rmtree(root / "base_models" / "llava_tiny")
+    with pytest.raises(AppBuildError, match=r"(?s)'newsreader'.*base_models/llava_tiny@current"):
+        build_app({"store_root": str(root), "inventory": "none", "map_path": str(map_path)})
 
 
 def test_a_placement_that_sends_a_never_quantized_agent_to_int8_is_refused(seeded_store_root, tmp_path):
