@@ -9,7 +9,9 @@ Checks, in order (a later check that needs an earlier one's result is skipped wh
 4. ``store``      -- the ModelStore health check (manifests, current links, checksums unless ``--fast``).
 5. ``ray``        -- the Ray cluster is reachable; its GPU inventory is read (``--ray-address``).
 6. ``plan``       -- the placement plan fits the GPU memory available (Ray's inventory, else this
-   host's GPUs at their *free* memory, else ``--inventory``).
+   host's GPUs at their *free* memory, else ``--inventory``). Without ``--demands`` it plans the agent map's
+   base pools (``--map``, default the packaged one) as ``build_app`` would: every base a served agent names
+   must be in the store with a variant that fits -- the newsreader's vision base too, when the map serves it.
 
 ``--no-gpu`` is for CPU-only deployments: CUDA is then not required and the plan runs in CPU mode.
 Exit code 0 when nothing failed (warnings and skips allowed), 1 otherwise.
@@ -26,7 +28,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field
 
 __all__ = ["CheckResult", "PreflightReport", "run_preflight", "check_cuda", "check_bitsandbytes",
-           "check_store_root", "check_store", "check_ray", "check_plan", "format_report"]
+           "check_store_root", "check_store", "check_ray", "check_plan", "check_map_plan", "format_report"]
 
 Status = Literal["pass", "warn", "fail", "skip"]
 
@@ -189,6 +191,29 @@ def check_plan(inventory: Any, demands: list[Any], policy: Any, source: str) -> 
         result = plan(inventory, demands, policy)
     except PlanningError as exc:
         return CheckResult(name="plan", status="fail", detail=f"{source}: {exc}")
+    return _plan_passed(result, source)
+
+
+def check_map_plan(inventory: Any, store_root: Path, map_path: str | None, policy: Any, source: str) -> CheckResult:
+    """Plan the agent map's base pools over the store (every base a served agent names, named bases included);
+    fails naming a base or adapter the store lacks, or with the planner's numbers."""
+    from agent_graph import AgentMapError, load_agent_map
+    from modelstore import ModelStore
+
+    from .errors import PlanningError
+    from .pools import needs_from_map, plan_pools
+
+    try:
+        bases, needs = needs_from_map(load_agent_map(map_path), ModelStore(store_root))
+        _, result = plan_pools(needs, bases, inventory, policy)
+    except AgentMapError as exc:
+        return CheckResult(name="plan", status="fail", detail=f"the agent map is invalid: {exc}")
+    except PlanningError as exc:
+        return CheckResult(name="plan", status="fail", detail=f"{source}: {exc}")
+    return _plan_passed(result, source)
+
+
+def _plan_passed(result: Any, source: str) -> CheckResult:
     parts = [f"{d.name} {d.variant} {d.memory_budget_mb} MiB x {d.min_replicas}..{d.max_replicas}"
              for d in result.deployments]
     return CheckResult(name="plan", status="pass", detail=f"{source}: " + "; ".join(parts),
@@ -206,9 +231,9 @@ def format_report(report: PreflightReport) -> str:
 
 def run_preflight(*, store_root: Path, require_gpu: bool = True, ray_address: str | None = None,
                   check_ray_cluster: bool = True, inventory: Any = None, demands: list[Any] | None = None,
-                  policy: Any = None, gpu_memory_mb: int | None = None, checksums: bool = True) -> PreflightReport:
+                  policy: Any = None, gpu_memory_mb: int | None = None, checksums: bool = True,
+                  map_path: str | None = None) -> PreflightReport:
     """Run every check; see the module docstring for the order and what each needs."""
-    from .demand import default_demand
     from .inventory import GPU, Inventory, Node
 
     checks = [check_cuda(require_gpu), check_bitsandbytes(require_gpu), check_store_root(store_root)]
@@ -235,10 +260,8 @@ def run_preflight(*, store_root: Path, require_gpu: bool = True, ray_address: st
                                   detail="no inventory: no Ray inventory, no local GPU and no --inventory"))
     elif demands is None and checks[3].status != "pass":
         checks.append(CheckResult(name="plan", status="skip", detail="no --demands and the store is unusable"))
+    elif demands is None:
+        checks.append(check_map_plan(inventory, store_root, map_path, policy, source))
     else:
-        if demands is None:
-            from modelstore import ModelStore
-
-            demands = [default_demand(ModelStore(store_root))]
         checks.append(check_plan(inventory, demands, policy, source))
     return PreflightReport(checks=checks)

@@ -36,7 +36,8 @@ def add_operator_commands(sub: Any, *, policy_from_args: Callable[[Any], Any]) -
     p.add_argument("--gpu-memory-mb", type=int, help="MiB per GPU for Ray nodes that declare none")
     p.add_argument("--fast", action="store_true", help="store check without recomputing checksums")
     _inventory_arg(p, "; default: Ray's, else this host's free GPU memory")
-    p.add_argument("--demands", help="deployments YAML/JSON (default: one BaseLLM over the store)")
+    p.add_argument("--demands", help="deployments YAML/JSON (default: the agent map's base pools over the store)")
+    p.add_argument("--map", help="AGENT_MODEL_MAP.json whose base pools are planned (default: the packaged one)")
     p.add_argument("--policy", help="placement policy YAML/JSON")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a policy field")
     p.set_defaults(func=lambda args: cmd_preflight(args, policy_from_args(args)))
@@ -95,7 +96,7 @@ def cmd_preflight(args: Any, policy: Any) -> int:
                            check_ray_cluster=not args.no_ray,
                            inventory=load_inventory(args.inventory) if args.inventory else None,
                            demands=demands, policy=policy, gpu_memory_mb=args.gpu_memory_mb,
-                           checksums=not args.fast)
+                           checksums=not args.fast, map_path=args.map)
     if args.json:
         print(json.dumps({"ok": report.ok, "checks": [c.model_dump() for c in report.checks]}, indent=2))
     else:
