@@ -50,6 +50,12 @@ class GenerateRequest(BaseModel):
         "deployments.limits, checked by the replica before anything else)."
     )
     request_id: str | None = Field(None, max_length=128, description="Caller's id, echoed back.")
+    images: list[str] = Field(
+        default_factory=list,
+        description="Images as base64 or 'data:' URLs (PNG, JPEG, WebP), one per image token of the prompt in order "
+        "(with 'messages', they go into the first user turn); admitted in the replica under deployments.limits "
+        "(bytes, pixels, count), and only a vision-language base takes them.",
+    )
 
     @field_validator("stop")
     @classmethod

@@ -20,7 +20,8 @@ from deployments.base_llm.batcher import BatcherClosed, BatchRecord, MixedBatche
 from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
 from deployments.errors import (InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error,
                                 validation_summary)
-from deployments.limits import check_json_schema, check_prompt
+from deployments.limits import LIMITS, check_image_count, check_json_schema, check_prompt
+from deployments.vision.images import admit_image_async
 from deployments.base_llm.loaded import LoadedReport
 from deployments.base_llm.metrics import BASE_TAG, LLMMetrics
 from deployments.base_llm.protocol import GenerateRequest, GenerateResponse
@@ -59,7 +60,8 @@ class BaseLLMServer:
             log.warning("base variant fallback: %s", loaded.fallback_reason)
         self.loaded = LoadedReport.of(loaded.model, self.variant, settings, planned)
         (log.info if self.loaded.matches_plan else log.warning)("%s", self.loaded.describe())
-        self.engine = InferenceEngine(loaded.model, loaded.tokenizer, settings.engine)
+        self.engine = InferenceEngine(loaded.model, loaded.tokenizer, settings.engine,
+                                      processor=getattr(loaded, "processor", None))
         self.metrics = LLMMetrics()
         self.adapters = AdapterPool(self.store, self.engine, self.base_ref, self.metrics,
                                     verify=settings.verify_adapters, variant=self.variant)
@@ -101,7 +103,9 @@ class BaseLLMServer:
         tag = adapter.name if adapter is not None and adapter.name else BASE_TAG
         self._track(+1)
         try:
-            request = self._to_engine_request(body, adapter)
+            req = body if isinstance(body, GenerateRequest) else GenerateRequest.model_validate(body)
+            images = await self._admit_images(req)
+            request = self._to_engine_request(req, adapter, images)
             self.adapters.begin_use(adapter)
             try:
                 if request.json_schema is not None:
@@ -150,8 +154,18 @@ class BaseLLMServer:
     def _export_free_slots(self) -> None:
         self.metrics.set_free_slots(self.variant, self.settings.max_ongoing_requests - self.in_flight)
 
-    def _to_engine_request(self, body: GenerateRequest | dict, adapter: AdapterHandle | None) -> GenerationRequest:
-        req = body if isinstance(body, GenerateRequest) else GenerateRequest.model_validate(body)
+    async def _admit_images(self, req: GenerateRequest) -> list[Any]:
+        """The request's images decoded (off the event loop) under the admission limits; 4xx when one is bad."""
+        if not req.images:
+            return []
+        check_image_count(len(req.images))  # 413 before any image is looked at
+        if self.engine.processor is None:
+            raise InvalidRequestError(f"{self.base_ref} is a text-only base and takes no images")
+        admitted = [await admit_image_async(source, LIMITS, field=f"images[{i}]") for i, source in enumerate(req.images)]
+        return [a.image for a in admitted]
+
+    def _to_engine_request(self, req: GenerateRequest, adapter: AdapterHandle | None,
+                           images: list[Any] = ()) -> GenerationRequest:
         # Admission limits (deployments/limits.py) before any tokenizing or compiling.
         check_prompt(req.prompt, [m.content for m in req.messages or ()])
         if req.json_schema is not None:
@@ -162,12 +176,21 @@ class BaseLLMServer:
         prompt = req.prompt
         if prompt is None:
             messages = [m.model_dump() for m in req.messages]
-            prompt = self.engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            if images:  # the vision template takes content parts: the images open the first user turn
+                first = next((m for m in messages if m["role"] == "user"), None)
+                if first is None:
+                    raise InvalidRequestError("images need a user message to go with")
+                first["content"] = [{"type": "image"}] * len(images) + [{"type": "text", "text": first["content"]}]
+                prompt = self.engine.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            else:
+                prompt = self.engine.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                   add_generation_prompt=True)
         params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                                 max_new_tokens=req.max_new_tokens,
                                 stop=req.stop, seed=req.seed, ignore_eos=req.ignore_eos)
         return GenerationRequest(prompt=prompt, adapter=adapter.name if adapter is not None else None,
-                                 params=params, json_schema=req.json_schema, request_id=req.request_id)
+                                 params=params, json_schema=req.json_schema, request_id=req.request_id,
+                                 images=list(images))
 
     @staticmethod
     def _serve_error(exc: Exception):

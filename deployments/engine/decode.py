@@ -28,8 +28,10 @@ _REDECODE_SLACK = 4
 class DecodeRow:
     """State of one row: prompt, sampler, optional grammar, generated tokens and how it finished."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, grammar: Any | None, tokenizer: Any):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, grammar: Any | None, tokenizer: Any,
+                 vision: dict[str, torch.Tensor] | None = None):
         self.prompt_ids = prompt_ids
+        self.vision = vision  # the processor's pixel_values (and image_sizes) of the row's images, for prefill
         self.params = params
         self.sampler = RowSampler(params)
         self.constraint = RowConstraint(grammar) if grammar is not None else None
@@ -92,6 +94,7 @@ def run_decode(
     banned_ids: torch.Tensor | None = None,
     on_step: Callable[[int], None] | None = None,
     compact: bool = True,
+    pixel_dtype: torch.dtype | None = None,
 ) -> None:
     """Decode all ``rows`` to completion in place.
 
@@ -105,6 +108,8 @@ def run_decode(
         banned_ids: tokens never allowed in constrained rows (see ``constraints``).
         on_step: called after each step with its index, outside the lock.
         compact: drop finished rows from the batch (True) or keep feeding them and ignore their output.
+        pixel_dtype: the vision tower's dtype; rows with images add their pixels to the prefill only (the
+            model splices the image features in place of the image tokens, row by row in batch order).
     """
     lengths = [len(r.prompt_ids) for r in rows]
     width = max(lengths)
@@ -120,13 +125,15 @@ def run_decode(
     finished = [False] * len(rows)
     masker = BatchMasker(len(rows), vocab_size, banned_ids) if any(r.constraint for r in rows) else None
     router = adapters.router(sorted({s for s in adapter_names if s != BASE_SLOT}))
+    prefill = _vision_inputs(rows, device, pixel_dtype)
     cache = None
     step = 0
     with torch.inference_mode():
         while True:
             with model_lock, router.step([adapter_names[i] for i in live], device) as extra:
                 model = adapters.model
-                if cache is None:
+                first = cache is None
+                if first:
                     cache = DynamicCache(config=model.config)
                 out = model(
                     input_ids=input_ids,
@@ -136,6 +143,7 @@ def run_decode(
                     use_cache=True,
                     logits_to_keep=1,
                     **extra,
+                    **(prefill if first else {}),
                 )
             logits = out.logits[:, -1, :].float()
             if masker is not None:
@@ -163,3 +171,23 @@ def run_decode(
             input_ids = torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             positions = positions[:, -1:] + 1
+
+
+def _vision_inputs(rows: list[DecodeRow], device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The prefill's ``pixel_values`` (and ``image_sizes``) of every row with images, in batch order.
+
+    LLaVA-NeXT's processor gives each image a tile count of its own; images from different rows are padded to
+    the largest count with zero tiles, which the model never reads (it takes each image's tiles from
+    ``image_sizes``).
+    """
+    parts = [row.vision for row in rows if row.vision is not None]
+    if not parts:
+        return {}
+    pixels = [p["pixel_values"] for p in parts]
+    if pixels[0].dim() == 5:  # (images, tiles, channels, height, width)
+        most = max(p.shape[1] for p in pixels)
+        pixels = [torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, most - p.shape[1])) for p in pixels]
+    out = {"pixel_values": torch.cat(pixels).to(device=device, dtype=dtype)}
+    if "image_sizes" in parts[0]:
+        out["image_sizes"] = torch.cat([p["image_sizes"] for p in parts]).to(device)
+    return out

@@ -35,11 +35,18 @@ class InferenceEngine:
         tokenizer: its tokenizer.
         config: limits; defaults to ``EngineConfig()``.
         device: where input tensors go; defaults to the device of the model's first parameter.
+        processor: a vision-language base's processor (image processor + tokenizer); requests may then carry
+            images, one per image token of the prompt, which it expands into the image's tokens.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *, device: str | None = None):
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *, device: str | None = None,
+                 processor: Any = None):
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
+        self.processor = processor
+        self._image_token = getattr(processor, "image_token", None) if processor is not None else None
+        self._image_token_id = tokenizer.convert_tokens_to_ids(self._image_token) if self._image_token else None
+        self._pixel_dtype = next((p.dtype for n, p in model.named_parameters() if "vision_tower" in n), None)
         self.device = torch.device(device) if device else next(model.parameters()).device
         model.eval()
         self._model_config = model.config
@@ -128,6 +135,7 @@ class InferenceEngine:
                 device=self.device,
                 banned_ids=self._grammars.banned_ids if self._grammars is not None else None,
                 on_step=on_step,
+                pixel_dtype=self._pixel_dtype,
             )
         finally:
             self._adapters.release(names)
@@ -151,6 +159,11 @@ class InferenceEngine:
                 )
         # The templated prompt carries its own BOS; adding special tokens again would double it.
         encoded = self.tokenizer([r.prompt for r in requests], add_special_tokens=False)["input_ids"]
+        vision: list[dict[str, Any] | None] = [None] * len(requests)
+        for i, req in enumerate(requests):
+            shown = encoded[i].count(self._image_token_id) if self._image_token_id is not None else 0
+            if req.images or shown:
+                encoded[i], vision[i] = self._with_images(i, req, shown)
         for i, ids in enumerate(encoded):
             if len(ids) > cfg.max_prompt_tokens:
                 raise RequestTooLarge(
@@ -163,7 +176,23 @@ class InferenceEngine:
             # Checked again atomically by acquire(); this early check keeps grammar compiles off doomed batches.
             raise AdapterNotLoaded(f"adapter(s) {unknown} not loaded; loaded: {self.loaded_adapters()}")
         grammars = [self._grammar_of(r) for r in requests]
-        return [DecodeRow(ids, req.params, grammar, self.tokenizer) for ids, req, grammar in zip(encoded, requests, grammars)]
+        return [DecodeRow(ids, req.params, grammar, self.tokenizer, vis)
+                for ids, req, grammar, vis in zip(encoded, requests, grammars, vision)]
+
+    def _with_images(self, i: int, request: GenerationRequest, shown: int) -> tuple[list[int], dict[str, Any]]:
+        """Row ``i``'s token ids with every image token expanded to its image's tokens, and its pixels."""
+        if self.processor is None:
+            raise InvalidRequest(f"request {i}: this base is text-only and takes no images")
+        if shown != len(request.images):
+            raise InvalidRequest(f"request {i}: the prompt has {shown} {self._image_token} token(s) but "
+                                 f"{len(request.images)} image(s) came with it; they must match one to one")
+        try:
+            enc = self.processor(text=[request.prompt], images=list(request.images), return_tensors="pt",
+                                 add_special_tokens=False)
+        except (ValueError, TypeError, OSError) as exc:  # an image the processor cannot take
+            raise InvalidRequest(f"request {i}: the images could not be prepared: {exc}") from exc
+        pixels = {k: enc[k] for k in ("pixel_values", "image_sizes") if k in enc}
+        return enc["input_ids"][0].tolist(), pixels
 
     def _grammar_of(self, request: GenerationRequest) -> Any:
         if request.json_schema is None:

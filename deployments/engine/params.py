@@ -54,6 +54,11 @@ class GenerationRequest(BaseModel):
         None, description="JSON schema the completion must match (compact JSON); stop strings are ignored then."
     )
     request_id: str | None = Field(None, description="Caller's id, echoed in logs only.")
+    images: list[Any] = Field(
+        default_factory=list, repr=False,
+        description="Decoded RGB images (PIL), one per image token in the prompt, in order; only a vision-language "
+                    "base (an engine with a processor) takes them.",
+    )
     grammar: Any = Field(
         None,
         exclude=True,
