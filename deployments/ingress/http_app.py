@@ -4,7 +4,9 @@ Routes (behind the bearer tokens of :mod:`deployments.ingress.auth` when any is 
 ``/hitl/...`` need the admin token):
 
 * ``POST /agents/{agent}``: the agent's input model in, ``AgentResponse`` with its output model out;
-  ``?strict=true`` forbids falling back for this request.
+  ``?strict=true`` forbids falling back for this request. An agent that reads images (the newsreader) takes
+  its input as JSON or as a ``multipart/form-data`` upload (the image as a file), read under a size cap
+  (:mod:`deployments.ingress.uploads`).
 * ``POST /pipeline/article``: an ``Article`` through the newsroom pipeline.
 * ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/embeddings``: OpenAI-compatible (see
   :mod:`deployments.ingress.openai_api`).
@@ -30,6 +32,7 @@ from deployments.ingress.server import IngressServer, PipelineResponse
 from deployments.ingress.openai_api import completion_response, sse_events
 from deployments.ingress.openai_protocol import (ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
                                          EmbeddingResponse, ModelList)
+from deployments.ingress.uploads import agent_body, openapi_request_body
 
 __all__ = ["build_http_app", "agent_response_model"]
 
@@ -68,6 +71,19 @@ def _agent_route(app: FastAPI, server: IngressServer, agent: str) -> None:
                       tags=["agents"])
 
 
+def _image_agent_route(app: FastAPI, server: IngressServer, agent: str) -> None:
+    """The route of an agent that reads images: its body (JSON or a form upload) is read here, under a cap."""
+    spec = get_spec(agent)
+
+    async def endpoint(request: Request, strict: bool = Query(False, description="Forbid falling back for this "
+                                                                               "request.")) -> Any:
+        return await server.agent(agent, await agent_body(request, spec, server.limits), strict)
+
+    app.add_api_route(f"/agents/{agent}", endpoint, methods=["POST"], response_model=agent_response_model(agent),
+                      name=f"agent_{agent}", summary=f"{agent}: {spec.output_model.__doc__ or ''}".strip(),
+                      tags=["agents"], openapi_extra={"requestBody": openapi_request_body(spec)})
+
+
 def build_http_app(server: IngressServer) -> FastAPI:
     """The ingress FastAPI app over ``server``."""
     app = FastAPI(title="JustNews Serve", version="0.1.0",
@@ -87,7 +103,7 @@ def build_http_app(server: IngressServer) -> FastAPI:
             return error_response(exc, server.settings.retry_after_s)
 
     for agent in server.served_agents:
-        _agent_route(app, server, agent)
+        (_image_agent_route if get_spec(agent).image_fields else _agent_route)(app, server, agent)
 
     @app.post("/agents/{agent}", tags=["agents"], summary="Any other name: 404 listing the served agents.")
     async def unknown_agent(agent: str) -> JSONResponse:

@@ -10,6 +10,13 @@ canary split (:func:`rollout.router.pin_and_choose`): an agent's name always, a 
 answered. Chat completions do not walk the agent's fallback chain: a client that names a model gets that
 model or an error saying why.
 
+Images: a served multimodal agent (the newsreader, on its vision-language base) and its adapters
+(``base:newsreader/...``) take ``image_url`` content parts with ``data:`` URLs, in the first user turn, as the
+vision base places them; remote URLs are refused (400), and so are image parts sent to a model that reads
+text only. The ingress admits every image (``deployments.vision``) before anything is generated, so a bad one
+is a 4xx; ``/v1/models`` lists what each id reads (``modalities``). A multimodal agent the application does
+not serve, and its adapters, are neither listed nor accepted.
+
 An embeddings ``model`` is an embedding agent (scout, memory) or the embeddings model's name; all go to the
 one embeddings deployment, whose ``max_texts`` / ``max_chars`` bound the inputs (413).
 
@@ -29,13 +36,13 @@ from typing import Any, Callable, Iterator
 
 from agent_graph import AgentMap
 from deployments.errors import InvalidRequestError, ModelNotFoundError, to_serve_error
-from deployments.limits import check_json_schema, check_prompt
+from deployments.limits import LIMITS, AdmissionLimits, check_image_count, check_json_schema, check_prompt
 from deployments.ingress.openai_protocol import (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ChatCompletionChunk,
                                          ChatCompletionRequest, ChatCompletionResponse, EmbeddingData,
                                          EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ModelCard, ModelList,
                                          Usage, completion_id)
 
-__all__ = ["BASE_MODEL", "ADAPTER_PREFIX", "ChatTarget", "resolve_model", "store_pin", "generate_body",
+__all__ = ["BASE_MODEL", "ADAPTER_PREFIX", "ChatTarget", "resolve_model", "store_pin", "generate_body", "chat_images",
            "completion_response", "sse_events", "embedding_models", "resolve_embedding_model", "embed_body",
            "embedding_response", "model_list"]
 
@@ -51,10 +58,12 @@ class ChatTarget:
     Attributes:
         model_id: the BaseLLM multiplexed id before pinning (``""``: the bare base).
         canary: whether the agents' canary split applies (an agent, or a ``base:`` ref on ``@current``).
+        images: whether the model reads image parts (a multimodal agent's, on its vision base).
     """
 
     model_id: str
     canary: bool
+    images: bool = False
 
 
 def _embedding_agents(agent_map: AgentMap) -> list[str]:
@@ -65,11 +74,32 @@ def _llm_agents(agent_map: AgentMap) -> list[str]:
     return sorted(n for n, e in agent_map.agents.items() if e.served and e.kind == "llm")
 
 
+def _vision_agents(agent_map: AgentMap) -> list[str]:
+    """Served multimodal agents on a base with an adapter: what chat completions route to a vision base."""
+    return sorted(n for n, e in agent_map.agents.items()
+                  if e.served and e.kind == "multimodal" and e.base is not None and e.adapter is not None)
+
+
+def _chat_agents(agent_map: AgentMap) -> list[str]:
+    return sorted(_llm_agents(agent_map) + _vision_agents(agent_map))
+
+
+def _adapter_reads_images(agent: str, agent_map: AgentMap) -> bool | None:
+    """Whether adapters of ``agent`` read images; None when chat completions do not take them: a multimodal
+    (or embedding) agent the application does not serve on a base has no pool to load them into. Text adapters
+    load into the shared text base whether their agent is served or not."""
+    entry = agent_map.agents.get(agent)
+    if entry is None or entry.kind == "llm":
+        return False
+    return True if agent in _vision_agents(agent_map) else None
+
+
 def resolve_model(model: str, agent_map: AgentMap) -> ChatTarget:
     """What a chat ``model`` names.
 
     Raises:
-        ModelNotFoundError: not an agent, ``base`` or ``base:<adapter ref>`` (404).
+        ModelNotFoundError: not an agent, ``base`` or ``base:<adapter ref>`` (404), or an adapter of an agent
+            the application does not serve.
         InvalidRequestError: an embedding agent, or ``base:`` with a malformed or non-adapter ref (400).
     """
     if model == BASE_MODEL:
@@ -86,17 +116,24 @@ def resolve_model(model: str, agent_map: AgentMap) -> ChatTarget:
         if not isinstance(ref, AdapterRef):
             raise InvalidRequestError(f"model {model!r}: 'base:' takes an adapter ref "
                                       f"('<agent>/<adapter>@<version>'); use '{BASE_MODEL}' for the bare base")
-        return ChatTarget(str(ref), canary=ref.version == CURRENT)
+        images = _adapter_reads_images(ref.agent, agent_map)
+        if images is None:
+            raise ModelNotFoundError(f"model {model!r} is an adapter of agent {ref.agent!r}, which this application "
+                                     f"does not serve (GET /v1/models lists what it serves)")
+        return ChatTarget(str(ref), canary=ref.version == CURRENT, images=images)
     entry = agent_map.agents.get(model)
     if entry is None or not entry.served:
         raise ModelNotFoundError(f"model {model!r} is not served by {CHAT_ENDPOINT}; use an agent "
-                                 f"({', '.join(_llm_agents(agent_map))}), '{BASE_MODEL}' or "
+                                 f"({', '.join(_chat_agents(agent_map))}), '{BASE_MODEL}' or "
                                  f"'{ADAPTER_PREFIX}<agent>/<adapter>@<version>' (GET /v1/models lists them)")
     if entry.kind == "embedding":
         raise InvalidRequestError(f"model {model!r} is an embedding model; call POST {EMBEDDINGS_ENDPOINT}")
-    if entry.kind != "llm":
-        raise InvalidRequestError(f"model {model!r} is a {entry.kind} agent; call POST /agents/{model} instead")
-    return ChatTarget(entry.adapter_for(None) or "", canary=True)
+    if entry.kind == "llm":
+        return ChatTarget(entry.adapter_for(None) or "", canary=True)
+    if model not in _vision_agents(agent_map):
+        raise InvalidRequestError(f"model {model!r} is a {entry.kind} agent without an adapter on a base; call "
+                                  f"POST /agents/{model} instead")
+    return ChatTarget(entry.adapter_for(None), canary=True, images=True)
 
 
 def store_pin(store: Any) -> Callable[[str], str]:
@@ -116,19 +153,54 @@ def store_pin(store: Any) -> Callable[[str], str]:
     return pin
 
 
-def generate_body(req: ChatCompletionRequest, default_max_tokens: int) -> dict[str, Any]:
+def chat_images(req: ChatCompletionRequest, images: bool = False,
+                limits: AdmissionLimits = LIMITS) -> list[tuple[str, str]]:
+    """``(field, url)`` of every image part of a chat, in order, after the rules that need no decoding.
+
+    Args:
+        req: the chat request.
+        images: whether the requested model reads images (:attr:`ChatTarget.images`).
+        limits: the admission limits (the image count).
+
+    Raises:
+        InvalidRequestError: image parts for a model that reads text only, or outside the first user turn
+            (a vision base opens the first user turn with the request's images) (400).
+        RequestTooLargeError: more than ``max_images_per_request`` images (413).
+    """
+    found = [(i, f"messages[{i}].content[{j}]", url) for i, m in enumerate(req.messages) for j, url in m.image_urls()]
+    if not found:
+        return []
+    if not images:
+        raise InvalidRequestError(f"model {req.model!r} reads text only, but {found[0][1]} is an image_url part; "
+                                  f"send images to a model that reads them (GET /v1/models: modalities)")
+    first_user = next((i for i, m in enumerate(req.messages) if m.role == "user"), None)
+    elsewhere = [part for i, part, _ in found if i != first_user]
+    if elsewhere:
+        raise InvalidRequestError(f"{elsewhere[0]}: image parts go in the first user message (the vision base "
+                                  f"opens that turn with the request's images)")
+    check_image_count(len(found), limits)
+    return [(f"{part}.image_url.url", url) for _, part, url in found]
+
+
+def generate_body(req: ChatCompletionRequest, default_max_tokens: int, images: bool = False,
+                  limits: AdmissionLimits = LIMITS) -> dict[str, Any]:
     """The BaseLLM ``GenerateRequest`` body of a chat completion, after the admission limits the body's type
     cannot express (sizes: 413; schema shape: 400), so a refused request costs the replicas nothing.
 
+    A message's content parts become its text (text parts joined by newlines); image parts become the body's
+    ``images``, in order (:func:`chat_images`: the caller decodes them before sending the body).
+
     Raises:
         LimitExceededError, RequestTooLargeError, SchemaTooLargeError: see ``deployments.limits``.
+        InvalidRequestError: image parts the model cannot take (:func:`chat_images`).
     """
-    check_prompt(None, [m.content for m in req.messages])
+    image_parts = chat_images(req, images, limits)
+    check_prompt(None, [m.text() for m in req.messages], limits)
     schema = req.response_format.schema_dict() if req.response_format is not None else None
     if schema is not None:
         check_json_schema(schema, field="response_format.json_schema.schema")
     body: dict[str, Any] = {
-        "messages": [m.model_dump(include={"role", "content"}) for m in req.messages],
+        "messages": [{"role": m.role, "content": m.text()} for m in req.messages],
         "max_new_tokens": req.new_tokens(default_max_tokens),
         "temperature": req.temperature,
         "top_p": req.top_p,
@@ -138,6 +210,8 @@ def generate_body(req: ChatCompletionRequest, default_max_tokens: int) -> dict[s
     }
     if req.response_format is not None:
         body["json_schema"] = schema
+    if image_parts:
+        body["images"] = [url for _, url in image_parts]
     return body
 
 
@@ -200,7 +274,7 @@ def resolve_embedding_model(model: str, agent_map: AgentMap, embedding_model: st
         raise NotServedError("this application runs no embeddings deployment")
     if model in accepted:
         return
-    if model == BASE_MODEL or model.startswith(ADAPTER_PREFIX) or model in _llm_agents(agent_map):
+    if model == BASE_MODEL or model.startswith(ADAPTER_PREFIX) or model in _chat_agents(agent_map):
         raise InvalidRequestError(f"model {model!r} is a chat model; call POST {CHAT_ENDPOINT}")
     raise ModelNotFoundError(f"model {model!r} is not served by {EMBEDDINGS_ENDPOINT}; use one of "
                              f"{', '.join(accepted)}")
@@ -226,9 +300,10 @@ def embedding_response(req: EmbeddingRequest, reply: dict[str, Any]) -> Embeddin
 def model_list(agent_map: AgentMap, store: Any, embedding_model: str | None = None) -> ModelList:
     """``/v1/models``: exactly the ids the two endpoints accept, each with its ``endpoint``.
 
-    Chat: the base, every served llm agent, every adapter version the store holds and each adapter's
-    ``@current`` (``base:<ref>``). Embeddings (only with an embeddings deployment): the embedding agents and
-    the embeddings model.
+    Chat: the base, every served llm and multimodal agent, every adapter version the store holds and each
+    adapter's ``@current`` (``base:<ref>``), except adapters of agents the application does not serve; a
+    multimodal agent and its adapters read images too (``modalities``). Embeddings (only with an embeddings
+    deployment): the embedding agents and the embeddings model.
 
     Args:
         agent_map: the map (agents and their adapter refs).
@@ -238,22 +313,28 @@ def model_list(agent_map: AgentMap, store: Any, embedding_model: str | None = No
     chat = {"endpoint": CHAT_ENDPOINT}
     base_ref = str(store.resolve("base_models@current").ref)
     cards = [ModelCard(id=BASE_MODEL, kind="base", ref=base_ref, **chat)]
-    for name in _llm_agents(agent_map):
+    text, both = ["text"], ["text", "image"]
+    for name in _chat_agents(agent_map):
         entry = agent_map.agents[name]
         adapter = entry.adapter_for(None)
         ref = str(store.resolve(adapter).ref) if adapter else base_ref
-        cards.append(ModelCard(id=name, kind="agent", ref=ref, **chat))
+        cards.append(ModelCard(id=name, kind="agent", ref=ref, modalities=both if entry.kind == "multimodal" else text,
+                               **chat))
     for ns in store.namespaces():
         if getattr(ns, "kind", None) != "adapter":
             continue
         namespace = str(ns).split("@", 1)[0]
+        images = _adapter_reads_images(namespace.split("/", 1)[0], agent_map)
+        if images is None:
+            continue
+        modalities = both if images else text
         for version in store.versions(ns):
             ref = f"{namespace}@{version}"
-            cards.append(ModelCard(id=ADAPTER_PREFIX + ref, kind="adapter", ref=ref, **chat))
+            cards.append(ModelCard(id=ADAPTER_PREFIX + ref, kind="adapter", ref=ref, modalities=modalities, **chat))
         current = store.current_version(ns)
         if current is not None:
             cards.append(ModelCard(id=f"{ADAPTER_PREFIX}{namespace}@current", kind="adapter",
-                                   ref=f"{namespace}@{current}", **chat))
+                                   ref=f"{namespace}@{current}", modalities=modalities, **chat))
     if embedding_model:
         for name in _embedding_agents(agent_map):
             cards.append(ModelCard(id=name, kind="agent", ref=embedding_model, endpoint=EMBEDDINGS_ENDPOINT))

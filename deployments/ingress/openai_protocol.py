@@ -2,7 +2,8 @@
 
 Only what the newsroom's clients use is modelled, but what is modelled follows the OpenAI schema so the
 official ``openai`` client parses it: ``response_format`` with ``json_schema`` (constrained decoding),
-``stream`` (server-sent events of ``chat.completion.chunk``), ``stop``, ``seed`` and ``usage``.
+``stream`` (server-sent events of ``chat.completion.chunk``), ``stop``, ``seed``, ``usage``, and content parts
+(``text``, and ``image_url`` with a ``data:`` URL for the models that read images).
 Unknown request fields are ignored, as OpenAI-compatible servers commonly do, except ``n`` > 1 and
 tools, which are refused rather than silently dropped. Every bound on a caller's value comes from
 ``deployments/limits.py``.
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.limits import LIMITS, ChoiceCount, MaxNewTokens, Seed, TopK, check_stops
 
-__all__ = ["ChatMessageIn", "JsonSchemaFormat", "ResponseFormat", "StreamOptions", "ChatCompletionRequest",
-           "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id",
+__all__ = ["TextPart", "ImageURL", "ImagePart", "ContentPart", "ChatMessageIn", "JsonSchemaFormat", "ResponseFormat",
+           "StreamOptions", "ChatCompletionRequest", "ChatCompletionResponse", "ChatCompletionChunk", "Usage", "ModelCard", "ModelList", "completion_id",
            "CHAT_ENDPOINT", "EMBEDDINGS_ENDPOINT", "EmbeddingRequest", "EmbeddingData", "EmbeddingUsage",
            "EmbeddingResponse"]
 
@@ -32,13 +33,66 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
+class TextPart(BaseModel):
+    """A text content part."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"] = Field(description="'text'.")
+    text: str = Field(description="The text.")
+
+
+class ImageURL(BaseModel):
+    """Where an image part's image is: only ``data:image/...;base64,`` URLs (remote URLs are not fetched: 400)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(min_length=1, description="A data:image/png|jpeg|webp;base64, URL (or bare base64). Size, "
+                     "pixel and format limits are the admission limits (413/415/400).")
+    detail: Literal["auto", "low", "high"] | None = Field(None, description="Accepted for compatibility; ignored.")
+
+
+class ImagePart(BaseModel):
+    """An image content part (only for models that read images: ``modalities`` in /v1/models)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["image_url"] = Field(description="'image_url'.")
+    image_url: ImageURL = Field(description="The image.")
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessageIn(BaseModel):
-    """One chat turn."""
+    """One chat turn: its text, or OpenAI content parts."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"] = Field(description="Speaker.")
-    content: str = Field(description="Text of the turn (at most max_prompt_chars, 413 beyond).")
+    content: str | list[ContentPart] = Field(
+        description="Text of the turn (at most max_prompt_chars, 413 beyond), or content parts: text parts (joined "
+        "by newlines) and, for a model that reads images, image_url parts in the first user turn (at most "
+        "max_images_per_request images, 413 beyond).")
+
+    @field_validator("content")
+    @classmethod
+    def _some_parts(cls, v: str | list[Any]) -> str | list[Any]:
+        if isinstance(v, list) and not 1 <= len(v) <= LIMITS.max_messages:
+            raise ValueError(f"content must hold 1 to {LIMITS.max_messages} parts, got {len(v)}")
+        return v
+
+    def text(self) -> str:
+        """The turn's text: the content, or its text parts joined by newlines."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def image_urls(self) -> list[tuple[int, str]]:
+        """``(part index, url)`` of every image part, in order."""
+        if isinstance(self.content, str):
+            return []
+        return [(j, p.image_url.url) for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
 
 class JsonSchemaFormat(BaseModel):
@@ -192,6 +246,8 @@ class ModelCard(BaseModel):
     created: int = 0
     owned_by: str = "justnews"
     kind: Literal["base", "agent", "adapter", "embedding"] = Field(description="What the id names.")
+    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"], description="What the model "
+                                                       "reads: image_url content parts only where 'image' is listed.")
     ref: str | None = Field(None, description="Pinned ModelStore ref (or embeddings model) behind the id.")
     endpoint: Literal["/v1/chat/completions", "/v1/embeddings"] = Field(
         description="The one endpoint that takes this id as its model.")

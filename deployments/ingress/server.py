@@ -16,12 +16,14 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_graph import Answer, AgentMap, PipelineResult, Route, arun_pipeline, get_spec
+from agent_graph import Answer, AgentMap, Article, PipelineResult, Route, arun_pipeline, get_spec, newsroom
 from deployments.agent.server import EmbedCall, LLMCall, is_caller_error
-from deployments.errors import NotServedError, OverloadedError, UnknownAgentError
+from deployments.errors import InvalidRequestError, NotServedError, OverloadedError, UnknownAgentError, to_serve_error
 from deployments.ingress.auth import TokenGuard, scope_of
-from deployments.ingress.openai_api import (embed_body, embedding_response, generate_body, model_list, resolve_embedding_model,
-                                    resolve_model)
+from deployments.ingress.openai_api import (chat_images, embed_body, embedding_response, generate_body, model_list,
+                                            resolve_embedding_model, resolve_model)
+from deployments.limits import LIMITS, AdmissionLimits, check_image_count
+from deployments.vision.images import admit_image_async, image_bytes
 from deployments.ingress.openai_protocol import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, ModelList
 from hitl.pipeline import held_steps
 from hitl.store import HeldStep
@@ -91,6 +93,8 @@ class IngressServer:
         canary_status: returns the canary controller's view for ``/canary`` (None: not served).
         http_host: the address Serve's HTTP proxy binds, as the Serve controller reports it (None: unknown to
             the caller; ``settings.http_host`` is checked either way).
+        limits: the admission limits images are checked against here (chat completions, pipeline articles,
+            image upload sizes) before any model is called.
 
     Raises:
         InsecureBindingError: a non-loopback binding without both tokens (see :mod:`deployments.ingress.auth`).
@@ -101,8 +105,10 @@ class IngressServer:
                  agent_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  canary_status: Callable[[], Awaitable[dict[str, Any]]] | None = None, http_host: str | None = None,
                  pool_stats: Callable[[], Awaitable[dict[str, Any]]] | None = None, embed: EmbedCall | None = None,
-                 pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None):
+                 pin: Callable[[str], str] | None = None, canary: CanaryRouter | None = None,
+                 limits: AdmissionLimits = LIMITS):
         self.settings = settings
+        self.limits = limits
         self.map = agent_map
         self.store = store
         self._llm, self._agent, self._embed = llm, agent, embed
@@ -161,9 +167,14 @@ class IngressServer:
 
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         """``POST /v1/chat/completions``: the BaseLLM ``GenerateResponse`` dict of the completion, on the ref
-        pinned now and through the canary split, as an agent's adapter step (the observation is recorded)."""
+        pinned now and through the canary split, as an agent's adapter step (the observation is recorded).
+
+        Image parts (for a model that reads them) are admitted here first: a bad image is a 4xx and the
+        replicas never see it."""
         target = resolve_model(req.model, self.map)
-        body = generate_body(req, self.settings.chat_default_max_tokens)
+        images = chat_images(req, target.images, self.limits)
+        body = generate_body(req, self.settings.chat_default_max_tokens, images=target.images, limits=self.limits)
+        await _admit(images, self.limits)
         choice = pin_and_choose(target.model_id, self._pin, self._canary if target.canary else None)
         if choice.mirror_model_id is not None:
             task = asyncio.get_running_loop().create_task(self._mirror(choice, body))
@@ -208,11 +219,27 @@ class IngressServer:
         return model_list(self.map, self.store, self.embedding_model)
 
     async def pipeline(self, article: dict[str, Any]) -> PipelineResponse:
-        """``POST /pipeline/article``: the newsroom pipeline, every step through its agent deployment."""
+        """``POST /pipeline/article``: the newsroom pipeline, every step through its agent deployment.
+
+        An article's images are counted (413 over ``max_images_per_request``) and checked for what needs no
+        decoding (size, remote URLs, base64) before any step; the newsreader agent admits each fully, and
+        an image it refuses fails the request with its 4xx, naming the image (``images[1]: ...``).
+
+        Raises:
+            InvalidRequestError: images, but the application does not serve the agent that reads them (400).
+        """
         fell_back: list[str] = []
+        images = self._check_images(Article.model_validate(article))
 
         async def call(agent: str, inp: BaseModel) -> Answer:
-            reply = await self.agent(agent, inp.model_dump(mode="json"))
+            try:
+                reply = await self.agent(agent, inp.model_dump(mode="json"))
+            except Exception as exc:
+                sources = get_spec(agent).images_of(inp)
+                error = to_serve_error(exc)
+                if not sources or error.status_code >= 500:
+                    raise
+                raise type(error)(f"images[{images.index(sources[0][1])}]: {error}") from exc
             if reply["fallback"]:
                 fell_back.append(agent)
             output = get_spec(agent).output_model.model_validate(reply["output"])
@@ -228,6 +255,19 @@ class IngressServer:
                 log.warning("hitl: could not record the hold of article %r: %s", result.article_id, exc)
         return PipelineResponse(**result.model_dump(), fallback_steps=fell_back, held=bool(held),
                                 review={h.step: list(h.reasons) for h in held})
+
+    def _check_images(self, article: Article) -> list[str]:
+        if not article.images:
+            return []
+        readers = {s.agent for s in newsroom(article) if get_spec(s.agent).image_fields}
+        missing = sorted(readers - set(self.served_agents))
+        if missing:
+            raise InvalidRequestError(f"images: this application does not serve {', '.join(missing)}, which reads "
+                                      f"them; send the article without images")
+        check_image_count(len(article.images), self.limits)
+        for i, source in enumerate(article.images):
+            image_bytes(source, self.limits, field=f"images[{i}]")
+        return list(article.images)
 
     async def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``ok`` while every deployment is healthy, with each one's status."""
@@ -252,3 +292,9 @@ class IngressServer:
         pools = await self._pool_stats() if self._pool_stats is not None else {}
         return {"ingress": {"in_flight": self.in_flight, "rejected_overload": self.rejected}, "agents": agents,
                 "pools": pools}
+
+
+async def _admit(images: list[tuple[str, str]], limits: AdmissionLimits) -> None:
+    """Admit every ``(field, source)`` image (decoded in worker threads); the first refusal is raised (4xx)."""
+    if images:
+        await asyncio.gather(*(admit_image_async(source, limits, field=field) for field, source in images))
