@@ -21,7 +21,7 @@ from .refs import parse_ref
 from .store import ModelStore
 
 __all__ = ["BASE_VERSION", "BASE_REF", "VISION_BASE_NAME", "VISION_BASE_VERSION", "VISION_BASE_REF", "ADAPTER_VERSION",
-           "TEXT_AGENTS", "adapter_ref", "measure_variants", "seed_default_store", "write_random_adapter"]
+           "TEXT_AGENTS", "VISION_AGENT", "VISION_LORA_TARGETS", "adapter_ref", "measure_variants", "seed_default_store", "write_random_adapter"]
 
 BASE_VERSION = "v1-tiny-mistral"
 BASE_REF = f"base_models@{BASE_VERSION}"
@@ -31,9 +31,15 @@ VISION_BASE_REF = f"base_models/{VISION_BASE_NAME}@{VISION_BASE_VERSION}"
 ADAPTER_VERSION = "seed-1"
 TEXT_AGENTS = ("synthesizer", "journalist", "chief_editor", "reasoning", "critic", "fact_checker", "analyst", "re_ranker")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The language model's linear layers of a LLaVA base (a regex: PEFT matches it against full module names).
+VISION_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+VISION_AGENT = "newsreader"
+VISION_ADAPTER = "llava_newsreader_v1"
 
 
 def adapter_ref(agent: str, version: str = ADAPTER_VERSION) -> str:
+    if agent == VISION_AGENT:
+        return f"{agent}/{VISION_ADAPTER}@{version}"
     return f"{agent}/mistral_{agent}_v1@{version}"
 
 
@@ -53,7 +59,7 @@ def measure_variants(model_dir: Path, variants=VARIANTS, auto_class: str = "Auto
     out = {}
     for variant in variants:
         kwargs = dict(dtype=_dtype(variant, "cpu"), use_safetensors=True)
-        q = quantization_config(variant, "cpu")
+        q = quantization_config(variant, "cpu", vision=auto_class == "AutoModelForImageTextToText")
         if q is not None:
             kwargs.update(quantization_config=q, device_map={"": "cpu"})
         model = model_class.from_pretrained(model_dir, **kwargs)
@@ -71,15 +77,18 @@ def _exists(store: ModelStore, ref: str) -> bool:
         return False
 
 
-def write_random_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8) -> None:
-    """Save a seeded, randomly initialised (non-zero B) PEFT LoRA adapter for the base in ``base_dir``."""
+def write_random_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8, *, vision: bool = False) -> None:
+    """Save a seeded, randomly initialised (non-zero B) PEFT LoRA adapter for the base in ``base_dir``; on a
+    vision-language base it targets the language model only (CLIP's attention has q/k/v_proj too)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = (AutoModelForImageTextToText if vision else AutoModelForCausalLM).from_pretrained(base_dir,
+                                                                                           dtype=torch.float32)
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, init_lora_weights=False,
+    targets = VISION_LORA_TARGETS if vision else LORA_TARGETS
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False,
                      lora_dropout=0.0, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, cfg)
     peft_model.save_pretrained(out_dir, safe_serialization=True)
@@ -99,8 +108,8 @@ def _seed_vision_base(store: ModelStore, tmp_path: Path, log: Callable[[str], No
         tokenizer=TokenizerInfo(name="tiny-bytelevel-bpe+image", vocab_size=vocab, chat_template=True),
         vision=VisionInfo(**vision_facts(base_dir)),
         vram_notes="Measured at publish: model.get_memory_footprint() of each variant loaded on the CPU "
-                   "(bnb variants as modelstore.loading.quantization_config loads them: the vision tower and "
-                   "projector are quantised too, transformers' default).",
+                   "(bnb variants as modelstore.loading.quantization_config loads them: the language model "
+                   "quantised, the vision tower and projector not).",
         notes="Offline stand-in for llava-hf/llava-v1.6-mistral-7b-hf: the LLaVA architecture (CLIP vision tower, "
               "MLP projector, Mistral language model) with tiny configs and random weights; the text base's "
               "tokenizer plus '<image>'.",
@@ -164,6 +173,19 @@ def seed_default_store(store: ModelStore, *, adapters: bool = True, vision: bool
                 parsed.agent, parsed.name, out, parsed.version, base_ref=base_ref,
                 source=Source(type="generated", generator="modelstore seed"),
                 notes="Seeded random LoRA (untrained); a trained version supersedes it.",
+            )
+            published.append(ref)
+        ref = adapter_ref(VISION_AGENT)
+        if vision and not _exists(store, ref):
+            log(f"publishing seeded random LoRA adapter {ref}")
+            out = tmp_path / f"adapter-{VISION_AGENT}"
+            write_random_adapter(store.resolve(VISION_BASE_REF).path, out, seed=2000, vision=True)
+            parsed = parse_ref(ref)
+            store.publish_adapter(
+                parsed.agent, parsed.name, out, parsed.version, base_ref=VISION_BASE_REF,
+                source=Source(type="generated", generator="modelstore seed"),
+                notes="Seeded random LoRA on the vision base's language model (untrained); a trained version "
+                      "supersedes it.",
             )
             published.append(ref)
     return published

@@ -60,7 +60,14 @@ class BaseLLMServer:
             log.warning("base variant fallback: %s", loaded.fallback_reason)
         self.loaded = LoadedReport.of(loaded.model, self.variant, settings, planned)
         (log.info if self.loaded.matches_plan else log.warning)("%s", self.loaded.describe())
-        self.engine = InferenceEngine(loaded.model, loaded.tokenizer, settings.engine,
+        engine_config = settings.engine
+        self.vision = getattr(loaded.manifest, "vision", None) if getattr(loaded, "processor", None) else None
+        if self.vision is not None:
+            # Image tokens come on top of the text a prompt may hold (the planner sizes the KV cache alike).
+            engine_config = engine_config.model_copy(update={"max_prompt_tokens": engine_config.max_prompt_tokens
+                                                             + self.vision.tokens_per_image
+                                                             * self.vision.max_images_per_request})
+        self.engine = InferenceEngine(loaded.model, loaded.tokenizer, engine_config,
                                       processor=getattr(loaded, "processor", None))
         self.metrics = LLMMetrics()
         self.adapters = AdapterPool(self.store, self.engine, self.base_ref, self.metrics,
@@ -159,8 +166,12 @@ class BaseLLMServer:
         if not req.images:
             return []
         check_image_count(len(req.images))  # 413 before any image is looked at
-        if self.engine.processor is None:
+        if self.vision is None:
             raise InvalidRequestError(f"{self.base_ref} is a text-only base and takes no images")
+        if len(req.images) > self.vision.max_images_per_request:
+            raise RequestTooLargeError(f"the request has {len(req.images)} images; {self.base_ref} takes at most "
+                                       f"{self.vision.max_images_per_request} per request (max_images_per_request "
+                                       f"of its manifest)")
         admitted = [await admit_image_async(source, LIMITS, field=f"images[{i}]") for i, source in enumerate(req.images)]
         return [a.image for a in admitted]
 

@@ -50,7 +50,8 @@ class InferenceEngine:
         self.device = torch.device(device) if device else next(model.parameters()).device
         model.eval()
         self._model_config = model.config
-        max_pos = getattr(model.config, "max_position_embeddings", None)
+        # A vision-language model keeps its language model's limits in text_config.
+        max_pos = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
         needed = self.config.max_prompt_tokens + self.config.max_new_tokens_limit
         if max_pos is not None and needed > max_pos:
             raise ValueError(

@@ -105,7 +105,7 @@ def test_cli_list_resolve_promote_rollback_json(store, capsys):
     assert main(root + ["list"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["namespace"] == "base_models" and rows[1]["namespace"] == "base_models/llava_tiny"
-    assert len(rows) == 10  # two bases, eight adapters
+    assert len(rows) == 11  # two bases, eight text adapters and the newsreader's
     assert main(root + ["resolve", "base_models", "--variant", "bnb-int8"]) == 0
     assert json.loads(capsys.readouterr().out)["variant"] == "bnb-int8"
     assert main(root + ["check", "--fast"]) == 0

@@ -57,6 +57,8 @@ def test_base64_and_data_urls_are_served_and_the_pixels_matter(server):
     blue = _generate(server, {"prompt": PROMPT, "images": [_png("blue", fmt="JPEG")]})
     assert red.text == red_url.text != blue.text
     assert red.base == VISION_BASE_REF and red.prompt_tokens > 64
+    vision = server.vision
+    assert server.engine.config.max_prompt_tokens == 2048 + vision.tokens_per_image * vision.max_images_per_request
 
 
 def test_messages_with_images_open_the_first_user_turn(server):
@@ -71,6 +73,8 @@ BAD = {
     "gif": ({"images": [_png(fmt="GIF")]}, 415, "unsupported_media_type"),
     "remote url": ({"images": ["https://example.com/a.png"]}, 400, "invalid_image"),
     "too many": ({"images": [_png()] * (LIMITS.max_images_per_request + 1)}, 413, "request_too_large"),
+    "more than the base takes": ({"prompt": "<s>[INST] <image>\n<image>\nBoth? [/INST]", "images": [_png()] * 2},
+                                 413, "request_too_large"),  # the tiny LLaVA's manifest: 1 per request
     "token without image": ({"images": []}, 400, "invalid_request"),
     "image without token": ({"prompt": "<s>[INST] hi [/INST]", "images": [_png()]}, 400, "invalid_request"),
 }
