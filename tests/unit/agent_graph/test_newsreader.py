@@ -136,14 +136,19 @@ def _served_copy(shipped_map_json, **changes) -> dict:
     return data
 
 
-def test_a_served_copy_validates_and_needs_only_its_adapter_in_the_seeded_store(write_map, shipped_map_json,
-                                                                                seeded_store_root):
+def test_a_served_copy_validates_against_the_seeded_store(write_map, shipped_map_json, seeded_store_root):
+    # The vision base resolves and is a vision base, the seeded adapter was validated against it, the base offers
+    # the variants, and the budget holds counted with the base's own tokenizer.
     agent_map = load_agent_map(write_map(_served_copy(shipped_map_json)))
+    assert agent_map.store_problems(ModelStore(seeded_store_root)) == []
+
+
+def test_the_store_check_counts_the_budget_with_the_vision_base_tokenizer(write_map, shipped_map_json,
+                                                                         seeded_store_root):
+    agent_map = load_agent_map(write_map(_served_copy(shipped_map_json, max_new_tokens=100)))
     problems = agent_map.store_problems(ModelStore(seeded_store_root))
-    # The vision base resolves, is a vision base, offers the variants and holds the budget; the trained
-    # adapter is published by training, not by the seed.
-    assert [(p.agent, p.field) for p in problems] == [("newsreader", "adapter")], problems
-    assert "newsreader/llava_newsreader_v1@current" in problems[0].message
+    assert [(p.agent, p.field) for p in problems] == [("newsreader", "max_new_tokens")]
+    assert "tokenizer of base_models/llava_tiny@" in problems[0].message
 
 
 def test_a_multimodal_agent_on_the_text_base_is_refused_by_the_store_check(write_map, shipped_map_json,

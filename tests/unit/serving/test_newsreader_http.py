@@ -18,7 +18,6 @@ from deployments.ingress.http_app import build_http_app
 from deployments.ingress.server import IngressServer, IngressSettings
 from deployments.ingress.uploads import image_body_limit
 from deployments.limits import LIMITS
-from tests.store_helpers import publish_copy
 
 from PIL import Image
 
@@ -81,20 +80,17 @@ def image_part(url: str) -> dict:
 
 
 @pytest.fixture
-def newsreader_store(store, tmp_path):
-    """The seeded store plus a stand-in newsreader adapter (a text adapter's files: nothing loads them here)."""
-    publish_copy(store, "critic/mistral_critic_v1@current", ADAPTER_NS, "test-1", tmp_path / "scratch")
-    return store
+def app(seeded_store_root, tmp_path):
+    from modelstore import ModelStore
+
+    return App(ModelStore(seeded_store_root), served_map(tmp_path / "map"))
 
 
 @pytest.fixture
-def app(newsreader_store, tmp_path):
-    return App(newsreader_store, served_map(tmp_path / "map"))
+def unserved(seeded_store_root, tmp_path):
+    from modelstore import ModelStore
 
-
-@pytest.fixture
-def unserved(newsreader_store, tmp_path):
-    return App(newsreader_store, served_map(tmp_path / "map", served=False))
+    return App(ModelStore(seeded_store_root), served_map(tmp_path / "map", served=False))
 
 
 def assert_error(reply, status: int, error_type: str, *fragments: str) -> None:
@@ -267,8 +263,8 @@ def test_text_parts_work_for_text_models_too(app):
 def test_models_list_the_newsreader_with_images_and_chat_takes_exactly_those(app):
     cards = app.models()
     assert cards["newsreader"]["modalities"] == ["text", "image"]
-    assert cards["newsreader"]["ref"] == f"{ADAPTER_NS}@test-1"
-    assert cards[f"base:{ADAPTER_NS}@test-1"]["modalities"] == ["text", "image"]
+    assert cards["newsreader"]["ref"] == f"{ADAPTER_NS}@seed-1"
+    assert cards[f"base:{ADAPTER_NS}@seed-1"]["modalities"] == ["text", "image"]
     assert cards["critic"]["modalities"] == ["text"] and cards["base"]["modalities"] == ["text"]
     for model, card in cards.items():
         if card["endpoint"] != "/v1/chat/completions":
@@ -282,7 +278,7 @@ def test_not_served_no_newsreader_id_is_listed_or_accepted(unserved):
     cards = unserved.models()
     assert not [m for m in cards if "newsreader" in m], sorted(cards)
     assert_error(unserved.chat("newsreader", image_part(GOOD)), 404, "model_not_found")
-    assert_error(unserved.chat(f"base:{ADAPTER_NS}@test-1", image_part(GOOD)), 404, "model_not_found",
+    assert_error(unserved.chat(f"base:{ADAPTER_NS}@seed-1", image_part(GOOD)), 404, "model_not_found",
                  "agent 'newsreader', which this application does not serve")
     assert unserved.calls == []
 
