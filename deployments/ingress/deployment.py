@@ -23,7 +23,7 @@ from deployments.agent.pool_router import PoolRouter
 from deployments.base_llm.client import pool_call
 from deployments.ingress.server import IngressServer, IngressSettings
 
-__all__ = ["IngressDeployment", "build_ingress"]
+__all__ = ["IngressDeployment", "build_ingress", "default_route"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class IngressDeployment:
         map_path: the agent map file (None: packaged).
         store_root: the ModelStore root (for ``/v1/models``).
         pools: base pool name -> BaseLLM pool handle.
-        routes: llm agent -> its pool names, own pool first (chat completions for an agent follow its route;
-            the bare base and unknown adapters use the first pool's route).
+        routes: agent on a base -> its pool names, own pool first (chat completions for an agent and its adapters
+            follow its route; the bare base and other adapters take :func:`default_route`).
         agents: agent name -> agent deployment handle.
         embedding_model: the embeddings model name, listed by ``/v1/models``.
         canary: the canary controller handle (``GET /canary``), or None.
@@ -67,9 +67,7 @@ class IngressDeployment:
         silence = settings.replica_silence_s
         self._routers = {agent: PoolRouter([(p, pool_call(pools[p], silence)) for p in route])
                          for agent, route in routes.items()}
-        first = next(iter(pools))
-        self._default_router = PoolRouter([(first, pool_call(pools[first], silence))] +
-                                          [(p, pool_call(h, silence)) for p, h in pools.items() if p != first])
+        self._default_router = PoolRouter([(p, pool_call(pools[p], silence)) for p in default_route(list(pools))])
         self._server = IngressServer(
             settings, load_agent_map(map_path), store,
             llm=self._generate, agent=self._answer, embedding_model=embedding_model, status=self._status,
@@ -167,6 +165,19 @@ class IngressDeployment:
                 log.warning("could not read serve status: %s", exc)
                 self._status_cache = (time.monotonic(), {"serve_status": f"unavailable: {type(exc).__name__}"})
             await asyncio.sleep(STATUS_REFRESH_S)
+
+
+def default_route(pools: list[str]) -> list[str]:
+    """The route of a chat for the bare base or an adapter no agent's route names: the text base's pools
+    (``BaseLLM-<variant>``) in order, never a named base's (a vision base loads no text adapter); every pool
+    when there is no text pool."""
+    from typing import get_args
+
+    from cluster.pools import POOL_PREFIX
+    from modelstore.manifest import Variant
+
+    text = [p for p in pools if p.startswith(POOL_PREFIX) and p[len(POOL_PREFIX):] in get_args(Variant)]
+    return text or list(pools)
 
 
 def _serve_http_host() -> str | None:

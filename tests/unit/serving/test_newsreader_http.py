@@ -321,3 +321,11 @@ def test_the_pipeline_refuses_images_when_the_newsreader_is_not_served(unserved)
     reply = unserved.client.post("/pipeline/article", json={**ARTICLE, "images": [GOOD]})
     assert_error(reply, 400, "invalid_request", "does not serve newsreader")
     assert unserved.calls == []
+
+
+def test_text_chats_never_route_to_a_vision_pool():
+    from deployments.ingress.deployment import default_route
+
+    pools = ["BaseLLM-llava_tiny-fp32", "BaseLLM-bf16", "BaseLLM-llava_tiny-bf16", "BaseLLM-bnb-int8"]
+    assert default_route(pools) == ["BaseLLM-bf16", "BaseLLM-bnb-int8"]
+    assert default_route(["BaseLLM-fp32"]) == ["BaseLLM-fp32"]
