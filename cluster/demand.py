@@ -171,10 +171,21 @@ def adapter_facts_from_store(store: Any, ref: str) -> AdapterFacts:
 
 
 def default_demand(store: Any, name: str = "BaseLLM", base_ref: str = "base_models@current") -> DeploymentDemand:
-    """One deployment serving the store's current base with the current version of every adapter."""
-    adapters = [adapter_facts_from_store(store, f"{r.namespace}@current") for r in store.namespaces()
-                if r.kind == "adapter" and store.current_version(r)]
-    return DeploymentDemand(name=name, base=base_facts_from_store(store, base_ref), adapters=tuple(adapters))
+    """One deployment serving the store's base ``base_ref`` with the current version of every adapter on that
+    base (an adapter on another base, e.g. the newsreader's on the vision base, cannot load on this one)."""
+    from modelstore.refs import parse_ref
+
+    base = base_facts_from_store(store, base_ref)
+    namespace = parse_ref(base.ref).namespace
+    adapters = []
+    for r in store.namespaces():
+        if r.kind != "adapter" or not store.current_version(r):
+            continue
+        resolved = store.resolve(f"{r.namespace}@current")
+        info = resolved.manifest.adapter
+        if info is not None and parse_ref(info.base_ref).namespace == namespace:
+            adapters.append(AdapterFacts(ref=str(resolved.ref), size_bytes=info.size_bytes))
+    return DeploymentDemand(name=name, base=base, adapters=tuple(adapters))
 
 
 def _entry_to_demand(entry: dict[str, Any], store: Any, here: Path) -> DeploymentDemand:

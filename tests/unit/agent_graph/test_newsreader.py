@@ -121,10 +121,10 @@ def test_the_heuristic_needs_the_decoded_images():
 # -- the map entry ----------------------------------------------------------------------------------------
 
 
-def test_the_packaged_entry_is_on_the_vision_base_and_not_served():
+def test_the_packaged_entry_is_served_on_the_vision_base():
     agent_map = load_agent_map()
     entry = agent_map.entry("newsreader")
-    assert (entry.kind, entry.served, entry.base, entry.model) == ("multimodal", False, VISION_BASE, None)
+    assert (entry.kind, entry.served, entry.base, entry.model) == ("multimodal", True, VISION_BASE, None)
     assert entry.adapter == "newsreader/llava_newsreader_v1@current"
     assert [r.step for r in routes(agent_map, "newsreader")] == ["adapter", "base", "legacy"]
     assert agent_map.legacy["newsreader"].ref == "heuristic:pixel_centroids"

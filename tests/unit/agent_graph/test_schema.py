@@ -26,7 +26,7 @@ def test_shipped_map_covers_every_agent():
         assert entry.base == "base_models@v1-tiny-mistral"
         assert entry.fallback[-1] == "legacy" and agent_map.legacy[agent].scheme == "heuristic"
     assert {agent_map.entry(a).kind for a in ("scout", "memory")} == {"embedding"}
-    assert agent_map.entry("newsreader").kind == "multimodal" and not agent_map.entry("newsreader").served
+    assert agent_map.entry("newsreader").kind == "multimodal" and agent_map.entry("newsreader").served
 
 
 def test_entry_round_trips_json():

@@ -1,9 +1,10 @@
 """The newsreader served on the tiny vision base, for the planner, preflight and application-builder tests.
 
-The shipped map keeps the newsreader ``served: false``; :func:`served_map` writes a copy of the map with it
+The shipped map serves the newsreader from its vision pool. :func:`served_map` writes a copy of the map with it
 served (its entry otherwise as shipped: ``base_models/llava_tiny@current``, its adapter, its variant
-preference), and :func:`publish_adapter` puts a seeded random LoRA for that adapter into a store (the store's
-seed publishes the vision base, not the adapter).
+preference) that a test may change field by field; :func:`unserved_map` a copy with it ``served: false``, for
+the application without a vision pool. :func:`publish_adapter` puts a seeded random LoRA for that adapter into
+a store that lacks one (the store's seed now publishes ``newsreader/llava_newsreader_v1@seed-1`` itself).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def served_map(directory: Path, **entry: Any) -> Path:
     path.write_text(json.dumps(data, indent=2))
     shutil.copy(default_map_path().with_name(RECOMMENDED_FILE), directory / RECOMMENDED_FILE)
     return path
+
+
+def unserved_map(directory: Path) -> Path:
+    """Write a copy of the shipped map (and its companion file) with the newsreader ``served: false``."""
+    return served_map(directory, served=False)
 
 
 def load_served_map(directory: Path, **entry: Any) -> Any:

@@ -114,9 +114,9 @@ def test_preflight_plans_on_the_ray_inventory_and_exits_by_verdict(monkeypatch, 
     assert [line.split()[:2] for line in out[:-1]] == [
         ["SKIP", "cuda"], ["PASS", "bitsandbytes"], ["PASS", "store_root"], ["PASS", "store"], ["PASS", "ray"],
         ["PASS", "plan"]]
-    # The agent map's pools, as build_app places them (newsreader not served: no vision pool)
+    # The agent map's pools, as build_app places them (the newsreader served: its vision pool last)
     assert "Ray inventory: BaseLLM-bf16 bf16" in out[5] and "; BaseLLM-bnb-int8 bnb-int8" in out[5], out[5]
-    assert "llava" not in out[5] and out[-1].startswith("preflight: ready")
+    assert "; BaseLLM-llava_tiny-bf16 bf16 " in out[5] and out[-1].startswith("preflight: ready")
 
 
 def test_preflight_fails_when_the_plan_does_not_fit(monkeypatch, capsys, seeded_root):
@@ -139,23 +139,25 @@ def test_report_lines_and_order():
     assert preflight.format_report(report) == "PASS  cuda          1 GPU\npreflight: ready (1 pass)"
 
 
-def test_preflight_plans_the_newsreader_vision_pool_and_names_a_missing_vision_base(monkeypatch, capsys, seeded_root,
-                                                                                    tmp_path):
-    from modelstore import ModelStore
-
+def test_preflight_plans_a_vision_pool_only_when_served_and_names_a_missing_vision_base(monkeypatch, capsys,
+                                                                                       seeded_root, tmp_path):
     from . import newsreader
 
-    map_path = newsreader.served_map(tmp_path / "map")
-    newsreader.publish_adapter(ModelStore(seeded_root))
     _fake_ray(monkeypatch, [4096])
-    argv = ["preflight", "--fast", "--no-gpu", "--map", str(map_path), "--json"]
+    argv = ["preflight", "--fast", "--no-gpu", "--map", str(newsreader.served_map(tmp_path / "map")), "--json"]
     assert main([*argv, "--store-root", str(seeded_root)]) == 0
     (plan_check,) = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "plan"]
     assert "; BaseLLM-llava_tiny-bf16 bf16 " in plan_check["detail"]
     assert set(plan_check["data"]["options"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8", "BaseLLM-llava_tiny-bf16"}
+    # Not served: the text base's two pools only.
+    argv[argv.index("--map") + 1] = str(newsreader.unserved_map(tmp_path / "unserved"))
+    assert main([*argv, "--store-root", str(seeded_root)]) == 0
+    (plan_check,) = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "plan"]
+    assert "llava" not in plan_check["detail"]
+    assert set(plan_check["data"]["options"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8"}
     # The real base before it is published: the store passes its own check, the plan names what is missing.
     real = newsreader.served_map(tmp_path / "real", base="base_models/llava_next@current")
-    argv[argv.index(str(map_path))] = str(real)
+    argv[argv.index("--map") + 1] = str(real)
     assert main([*argv, "--store-root", str(seeded_root)]) == 1
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     assert checks["store"]["status"] == "pass" and checks["plan"]["status"] == "fail"

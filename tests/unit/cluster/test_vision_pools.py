@@ -198,7 +198,7 @@ def test_the_hand_worked_figures_use_the_shipped_newsreader_entry():
     from agent_graph import load_agent_map
 
     entry = load_agent_map().agents["newsreader"]
-    assert (tuple(entry.variant_preference), entry.allow_quantized) == NEWSREADER and not entry.served
+    assert (tuple(entry.variant_preference), entry.allow_quantized) == NEWSREADER and entry.served
 
 
 def test_needs_from_map_gives_the_newsreader_its_own_base(vision_store, tmp_path):
@@ -221,7 +221,8 @@ def test_the_tiny_vision_pool_on_a_cpu_cluster(vision_store, tmp_path):
     Replica = weights (the manifest's measured fp32 figure) + KV + adapter slot + 1,024 MiB process overhead.
     KV: the tiny language model caches 2 x 4 layers x 2 KV heads x 32 = 512 values/token in fp32 (4 bytes) =
     2 KiB/token; text 2,560 tokens = 5 MiB per sequence, 40 for 8; vision (2,560 + 64 image tokens) x 2 KiB =
-    5.125 MiB, 41 for 8. The newsreader's adapter (r=4, q/v) is under 1 MiB: a 1 MiB slot.
+    5.125 MiB, 41 for 8. The newsreader's seeded adapter (r=8 on the language model's 7 projections, 319,216
+    bytes) is under 1 MiB: a 1 MiB slot.
     Minimums one each (3 CPUs), then round-robin fp32, int8, vision over the 13 CPUs left: 5, 4, 4 more.
     """
     from cluster import needs_from_map
@@ -255,11 +256,32 @@ def test_a_served_newsreader_without_its_base_or_adapter_is_refused_by_name(visi
         needs_from_map(unpublished, vision_store)
 
 
-def test_the_shipped_map_plans_no_vision_pool(vision_store):
+def test_the_shipped_map_plans_the_vision_pool(vision_store):
+    """The shipped map serves the newsreader: the CPU cluster's three pools, 1..6, 1..5, 1..5 as worked out in
+    test_the_tiny_vision_pool_on_a_cpu_cluster (one minimum each, 13 CPUs round-robin: 5, 4, 4 more)."""
+    from agent_graph import load_agent_map
+    from cluster import needs_from_map
+    from modelstore.seed import BASE_REF, VISION_BASE_REF
+
+    bases, found = needs_from_map(load_agent_map(), vision_store)
+    assert list(bases) == [BASE_REF, VISION_BASE_REF]
+    assert next(n for n in found if n.agent == "newsreader").base == VISION_BASE_REF
+    layout, plan = plan_pools(found, bases, load_inventory("cpu-only"))
+    assert [p.name for p in layout.pools] == ["BaseLLM-fp32", "BaseLLM-bnb-int8", "BaseLLM-llava_tiny-fp32"]
+    assert layout.routes["newsreader"] == ("BaseLLM-llava_tiny-fp32",)
+    assert {x.name: (x.min_replicas, x.max_replicas) for x in plan.deployments} == {
+        "BaseLLM-fp32": (1, 6), "BaseLLM-bnb-int8": (1, 5), "BaseLLM-llava_tiny-fp32": (1, 5)}
+
+
+def test_an_unserved_newsreader_plans_no_vision_pool(vision_store, tmp_path):
+    """``served: false``: the text base's two pools only, and the 16 CPUs theirs: one minimum each, then the 14
+    left round-robin, 7 more each: 1..8 and 1..8."""
     from agent_graph import load_agent_map
     from cluster import needs_from_map
 
-    bases, found = needs_from_map(load_agent_map(), vision_store)
+    bases, found = needs_from_map(load_agent_map(newsreader.unserved_map(tmp_path)), vision_store)
     assert len(bases) == 1 and "newsreader" not in {n.agent for n in found}
-    layout, _ = plan_pools(found, bases, load_inventory("cpu-only"))
-    assert [p.name for p in layout.pools] == ["BaseLLM-fp32", "BaseLLM-bnb-int8"]
+    layout, plan = plan_pools(found, bases, load_inventory("cpu-only"))
+    assert [p.name for p in layout.pools] == ["BaseLLM-fp32", "BaseLLM-bnb-int8"] and "newsreader" not in layout.routes
+    assert {x.name: (x.min_replicas, x.max_replicas) for x in plan.deployments} == {
+        "BaseLLM-fp32": (1, 8), "BaseLLM-bnb-int8": (1, 8)}

@@ -38,7 +38,7 @@ def _ingress(hitl_store, monkeypatch):
     async def embed(body: dict) -> dict:
         return {"model": "mini", "dimensions": 2, "vectors": [[0.6, 0.8] for _ in body["texts"]]}
 
-    agents = {n: AgentServer(n, agent_map, llm=pool_down if e.kind == "llm" else None,
+    agents = {n: AgentServer(n, agent_map, llm=pool_down if e.kind in ("llm", "multimodal") else None,
                              embed=embed if e.kind == "embedding" else None)
               for n, e in agent_map.agents.items() if e.served}
     hooks = {n: review_hook(n, agent_map.entry(n), store_root=None, url=hitl_store.url) for n in agents}

@@ -69,8 +69,21 @@ def test_an_emitted_plan_builds_unchanged_and_serve_gets_its_options(seeded_stor
     args = _emit(seeded_store_root, tmp_path, "h200-1gpu")
     placement = args["placement"]
     pools = _pools(build_app(args))
-    assert set(pools) == set(placement["pools"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8"}  # newsreader not served
+    assert set(pools) == set(placement["pools"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8", "BaseLLM-llava_tiny-bf16"}
+    _assert_applied(pools, placement, "h200-1gpu")  # the shipped map serves the newsreader: its vision pool too
+
+
+def test_an_unserved_newsreader_gets_no_vision_pool_route_or_agent(seeded_store_root, tmp_path):
+    from tests.unit.cluster import newsreader
+
+    args = _emit(seeded_store_root, tmp_path, "h200-1gpu", "--map", str(newsreader.unserved_map(tmp_path / "map")))
+    placement = args["placement"]
+    assert set(placement["pools"]) == {"BaseLLM-bf16", "BaseLLM-bnb-int8"} and "newsreader" not in placement["routes"]
+    app = build_app(args)
+    pools = _pools(app)
+    assert set(pools) == set(placement["pools"])
     _assert_applied(pools, placement, "h200-1gpu")
+    assert "newsreader" not in _agents(app)
 
 
 def _assert_applied(pools: dict, placement: dict, inventory: str) -> None:
@@ -190,7 +203,8 @@ def test_placement_then_llm_then_pool_args(seeded_store_root):
     settings = AppSettings(store_root=str(seeded_store_root), inventory="cpu-only", llm={"num_replicas": 1},
                            pools={"BaseLLM-bnb-int8": {"runtime": {"max_batch_size": 4}}})
     placement = plan_placement(settings, store, load_agent_map())
-    assert {n: p.variant for n, p in placement.pools.items()} == {"BaseLLM-fp32": "fp32", "BaseLLM-bnb-int8": "bnb-int8"}
+    assert {n: p.variant for n, p in placement.pools.items()} == {
+        "BaseLLM-fp32": "fp32", "BaseLLM-bnb-int8": "bnb-int8", "BaseLLM-llava_tiny-fp32": "fp32"}
     full = pool_settings(settings, store, placement, "BaseLLM-fp32")
     int8 = pool_settings(settings, store, placement, "BaseLLM-bnb-int8")
     assert full.autoscaling_config is None and full.num_replicas == 1  # explicit replicas turn autoscaling off

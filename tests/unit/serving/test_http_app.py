@@ -39,7 +39,7 @@ def app(seeded_store_root, monkeypatch):
     async def embed(body: dict) -> dict:
         return {"model": "mini", "dimensions": 2, "vectors": [[0.6, 0.8] for _ in body["texts"]]}
 
-    agents = {n: AgentServer(n, agent_map, llm=llm if e.kind == "llm" else None,
+    agents = {n: AgentServer(n, agent_map, llm=llm if e.kind in ("llm", "multimodal") else None,
                              embed=embed if e.kind == "embedding" else None)
               for n, e in agent_map.agents.items() if e.served}
 
@@ -66,7 +66,7 @@ def test_agent_route_validates_input_and_types_output(app):
 @pytest.mark.parametrize("method,path,body,status,error_type", [
     ("POST", "/agents/critic", {"headline": 1}, 400, "invalid_request"),
     ("POST", "/agents/nobody", {}, 404, "unknown_agent"),
-    ("POST", "/agents/newsreader", {}, 404, "unknown_agent"),
+    ("POST", "/agents/newsreader", {}, 400, "invalid_request"),  # served; no image (unserved 404: newsreader_http)
     ("POST", "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404,
      "model_not_found"),
     ("POST", "/v1/chat/completions", {"model": "base:critic/x@missing", "messages": [{"role": "user", "content": "x"}]},
@@ -119,7 +119,8 @@ def test_models_lists_base_agents_and_adapters(app):
     ids = {m["id"]: m for m in app.get("/v1/models").json()["data"]}
     assert ids["base"]["ref"] == "base_models@v1-tiny-mistral"
     assert ids["critic"]["ref"] == "critic/mistral_critic_v1@seed-1"
-    assert "base:critic/mistral_critic_v1@seed-1" in ids and "newsreader" not in ids
+    assert "base:critic/mistral_critic_v1@seed-1" in ids
+    assert ids["newsreader"]["ref"] == "newsreader/llava_newsreader_v1@seed-1"  # served from its vision pool
 
 
 def test_pipeline_runs_through_the_agents(app):
