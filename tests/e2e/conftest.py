@@ -2,7 +2,8 @@
 
 The config is what ``justnews plan --emit-serve-config`` writes for this machine (a CPU inventory) over a
 temporary seeded store and a copy of the agent map whose synthesizer routes its ``summary`` task to a
-corrupt adapter (the fallback tests): two base pools of two replicas each; the test then sets a free port,
+corrupt adapter (the fallback tests): three base pools (fp32 with two replicas, bnb-int8 and the newsreader's
+vision pool with one each); the test then sets a free port,
 the embeddings' CPU share and a small in-flight limit (the overload test). The placement is applied unchanged.
 ``RAY_ADDRESS=local`` makes ``serve run`` start its own Ray cluster, so a cluster another process runs
 on this machine is never joined; the bearer token comes from the environment, as in production.
@@ -34,7 +35,7 @@ MAX_IN_FLIGHT = 12
 BROKEN_ADAPTER = "synthesizer/mistral_broken_v1@v1"
 TRUNCATED_TOKENS = 12
 STARTUP_TIMEOUT_S = 300
-POOL_REPLICAS = 2
+POOL_REPLICAS = {"BaseLLM-fp32": 2, "BaseLLM-bnb-int8": 1, "BaseLLM-llava_tiny-fp32": 1}
 
 
 @dataclass
@@ -97,13 +98,14 @@ E2E_INVENTORY = {"name": "e2e-cpu", "nodes": [{"name": "e2e", "cpus": 2, "memory
 
 
 def _write_config(path: Path, port: int, store_root: Path, map_path: Path) -> None:
-    """``justnews plan --emit-serve-config`` (the map asks for an fp32 and a bnb-int8 pool), then the test knobs."""
+    """``justnews plan --emit-serve-config`` (the map asks for fp32, bnb-int8 and vision pools), then the test knobs."""
     from cluster.cli import main as justnews
 
     inventory = path.with_name("inventory.yaml")
     inventory.write_text(yaml.safe_dump(E2E_INVENTORY))
-    # Two replicas per pool where they fit (a dead replica's requests retry on the other): at half a CPU each,
-    # the plan holds exactly 2 + 2 on the 2 cores (min = max = 2, so nothing scales mid-test).
+    # Two replicas per pool where they fit (a dead replica's requests retry on the other): at half a CPU each
+    # the 2 cores hold four replicas, and the planner gives the fp32 pool (six agents) two, the bnb-int8 pool
+    # and the newsreader's vision pool one each (min = max, so nothing scales mid-test).
     assert justnews(["plan", "--inventory", str(inventory), "--store-root", str(store_root), "--map", str(map_path),
                      "--set", "num_cpus_per_replica=0.5", "--set", "preferred_min_replicas=2",
                      "--emit-serve-config", str(path)]) == 0
@@ -111,7 +113,7 @@ def _write_config(path: Path, port: int, store_root: Path, map_path: Path) -> No
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
     assert {n: p["serve_options"]["autoscaling_config"]["min_replicas"]
-            for n, p in args["placement"]["pools"].items()} == {"BaseLLM-fp32": POOL_REPLICAS, "BaseLLM-bnb-int8": POOL_REPLICAS}
+            for n, p in args["placement"]["pools"].items()} == POOL_REPLICAS
     args["embeddings"] = {"ray_actor_options": {"num_cpus": 0}}  # the pools hold both logical CPUs
     args["ingress"] = {"max_in_flight": MAX_IN_FLIGHT}
     args["check_budgets"] = False  # reasoning's budget is cut on purpose (TRUNCATED_TOKENS)

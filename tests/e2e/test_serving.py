@@ -48,7 +48,8 @@ def test_healthz_reports_every_deployment_healthy(cluster):
     _, served = _served()
     with cluster.client() as client:
         health = client.get("/healthz").json()
-    expected = {"Ingress", "BaseLLM-fp32", "BaseLLM-bnb-int8", "Embeddings", *(f"Agent-{n}" for n in served)}
+    expected = {"Ingress", "BaseLLM-fp32", "BaseLLM-bnb-int8", "BaseLLM-llava_tiny-fp32", "Embeddings",
+                *(f"Agent-{n}" for n in served)}
     assert health["status"] == "ok"
     assert expected <= set(health["deployments"])
     assert set(health["deployments"].values()) == {"HEALTHY"}
