@@ -14,9 +14,40 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["LORA_TARGETS", "TrainConfig"]
+__all__ = ["LORA_TARGETS", "TEXT_BASE_REF", "VISION_LORA_TARGETS", "is_vision_agent",
+           "default_adapter_name", "default_base_ref", "TrainConfig"]
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TEXT_BASE_REF = "base_models@current"
+# The language model's projections only, as a regex PEFT matches against the full module path: the CLIP
+# tower has q_proj/k_proj/v_proj too, and the serving engine applies adapters in the language model only.
+VISION_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def is_vision_agent(agent: str) -> bool:
+    """Whether ``agent`` is multimodal (``agent_graph``): it trains on images (:mod:`training.vision_task` data)
+    on a vision-language base. False for an unknown agent (the run refuses it later, naming the known ones)."""
+    from agent_graph.contracts import get_spec
+    from agent_graph.errors import UnknownAgent
+
+    try:
+        return get_spec(agent).kind == "multimodal"
+    except UnknownAgent:
+        return False
+
+
+def default_adapter_name(agent: str) -> str:
+    """The adapter name an agent's training publishes under: ``llava_<agent>_v1`` or ``mistral_<agent>_v1``."""
+    return f"{'llava' if is_vision_agent(agent) else 'mistral'}_{agent}_v1"
+
+
+def default_base_ref(agent: str) -> str:
+    """The base an agent trains on when none is named: the pinned tiny LLaVA for vision agents."""
+    if is_vision_agent(agent):
+        from modelstore.seed import VISION_BASE_REF
+
+        return VISION_BASE_REF
+    return TEXT_BASE_REF
 
 
 class TrainConfig(BaseModel):
@@ -29,9 +60,12 @@ class TrainConfig(BaseModel):
     eval_files: list[Path] = Field(default_factory=list, description="Held-out JSONL files; empty: split off eval_fraction.")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the training records held out when eval_files is empty.")
     output_dir: Path = Field(description="Where the adapter, training_summary.json and checkpoints are written.")
-    adapter_name: str | None = Field(None, description="Adapter name in the store; default mistral_<agent>_v1.")
+    adapter_name: str | None = Field(
+        None, description="Adapter name in the store; default mistral_<agent>_v1 (llava_<agent>_v1 for vision agents).")
     adapter_version: str | None = Field(None, description="Version tag to publish; default a UTC timestamp.")
-    base_ref: str = Field("base_models@current", description="Base model ref in the ModelStore (pinned at start).")
+    base_ref: str = Field(
+        TEXT_BASE_REF,
+        description="Base model ref in the ModelStore (pinned at start); when omitted, default_base_ref(agent).")
     store_root: Path | None = Field(None, description="ModelStore root; None uses $MODEL_STORE_ROOT or the default.")
 
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu' or 'cuda[:n]'.")
@@ -44,8 +78,10 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(64, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
-                                      description="Linear layers that get LoRA weights.")
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: list(LORA_TARGETS),
+        description="Linear layers that get LoRA weights: names matched as suffixes, or one regex matched against "
+                    "the full module path; when omitted, VISION_LORA_TARGETS for vision agents.")
 
     epochs: float = Field(3.0, gt=0, description="Passes over the training set (fractions allowed); max_steps wins if set.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs.")
@@ -76,8 +112,20 @@ class TrainConfig(BaseModel):
     promote: bool = Field(True, description="Make the published version current (the agent map serves @current).")
     force: bool = Field(False, description="Replace an already published version of the same tag.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_defaults(cls, data: object) -> object:
+        # A vision agent's base and LoRA targets differ from a text agent's; omitted fields take the agent's.
+        if isinstance(data, dict) and is_vision_agent(str(data.get("agent"))):
+            data = dict(data)
+            data.setdefault("base_ref", default_base_ref(data["agent"]))
+            data.setdefault("target_modules", VISION_LORA_TARGETS)
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module (or be one regex)")
         if self.dry_run and self.publish:
             raise ValueError("dry_run and publish are exclusive: a dry run never publishes")
         if self.quantization == "nf4" and self.device == "cpu" and self.gradient_checkpointing:
@@ -87,7 +135,7 @@ class TrainConfig(BaseModel):
     @property
     def name(self) -> str:
         """The adapter name to publish under."""
-        return self.adapter_name or f"mistral_{self.agent}_v1"
+        return self.adapter_name or default_adapter_name(self.agent)
 
     def hyperparameters(self) -> dict:
         """The settings that shape the weights (what a resume must match and the summary records)."""

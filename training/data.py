@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,15 @@ class Record:
 
 @dataclass(frozen=True)
 class Encoded:
-    """A tokenized example: the prompt's ids and the answer's ids (EOS included: the model learns to stop)."""
+    """A tokenized example: the prompt's ids and the answer's ids (EOS included: the model learns to stop).
+
+    Vision examples also carry the processed image (``pixel_values``, channels x height x width) whose
+    tokens the prompt's expanded ``<image>`` placeholders stand for; text examples have None.
+    """
 
     prompt_ids: list[int]
     answer_ids: list[int]
+    pixel_values: Any = field(default=None, repr=False, compare=False)
 
 
 def answer_text(output: BaseModel) -> str:

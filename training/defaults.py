@@ -8,6 +8,11 @@ AdamW beta2 0.99, and the shared-prefix loss. Published as ``<agent>/mistral_<ag
 ``AGENT_MODEL_MAP.json``'s ``@current`` serves them; the random ``seed-1`` versions stay in the store. Idempotent:
 published versions are skipped. ``scripts/run.sh`` runs this (``justnews-train defaults``) with one worker process
 per core, so the eight train two at a time on two cores.
+
+The newsreader (a vision agent) trains the same way on its synthetic visual task (``training.vision_task``:
+:data:`N_VISION_TRAIN` images rendered into the work dir, a disjoint held-out split) with its own recipe
+(:data:`VISION_RECIPE`: LoRA on the language model's projections only, no LM head, LoRA+ and AdamW beta2
+0.99 again), published as ``newsreader/llava_newsreader_v1@trained-1`` on the pinned vision base.
 """
 
 from __future__ import annotations
@@ -17,38 +22,80 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import LORA_TARGETS, TrainConfig
+from .config import LORA_TARGETS, VISION_LORA_TARGETS, TrainConfig, default_adapter_name, is_vision_agent
 from .synthetic import EXTRACTIVE, GENERATORS, write_dataset
 from .trainer import run_training
+from .vision_task import write_splits
 
-__all__ = ["TRAINED_VERSION", "DEFAULT_AGENTS", "STEPS", "default_config", "train_default_adapters"]
+__all__ = ["TRAINED_VERSION", "DEFAULT_AGENTS", "DEFAULT_VISION_AGENTS", "STEPS", "N_VISION_TRAIN", "N_VISION_EVAL",
+           "TEXT_RECIPE", "VISION_RECIPE", "recipe", "default_data", "default_config", "trained_ref",
+           "train_default_adapters"]
 
 TRAINED_VERSION = "trained-1"
 DEFAULT_AGENTS = tuple(GENERATORS)
+DEFAULT_VISION_AGENTS = ("newsreader",)
 N_TRAIN, N_EVAL = 2000, 64
+N_VISION_TRAIN, N_VISION_EVAL = 2000, 128
 # Optimizer steps per agent (batch 16); bench/RESULTS.md records what they reach. The extractive tasks
 # fill three or four slots, each from the input, and exact match needs them all (200 steps: 0.02-0.20);
-# chief_editor reached 0.69-1.00 over three seeds at 200 steps, 1.00 at 300.
-STEPS = {**{agent: 400 if agent in EXTRACTIVE else 200 for agent in GENERATORS}, "analyst": 300, "chief_editor": 300}
+# chief_editor reached 0.69-1.00 over three seeds at 200 steps, 1.00 at 300. The newsreader reads its
+# image's kind within ~150 steps and its headline much later (bench/RESULTS.md, "Newsreader adapter").
+STEPS = {**{agent: 400 if agent in EXTRACTIVE else 200 for agent in GENERATORS}, "analyst": 300, "chief_editor": 300,
+         "newsreader": 400}
+# A newsreader step costs about this many text-agent steps (a longer prompt with 64 image tokens, the
+# vision tower): the parallel pool starts the costliest runs first so the workers end together.
+STEP_COST = {"newsreader": 3.0}
+
+# The per-agent recipes (the rest of TrainConfig's defaults apply). Text agents: LoRA on the LM head too (a
+# frozen random head with std 0.02 caps every logit near 2.5), LoRA+ and AdamW beta2 0.99.
+TEXT_RECIPE: dict[str, Any] = dict(
+    lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[*LORA_TARGETS, "lm_head"], batch_size=16,
+    grad_accum=1, learning_rate=1e-3, lora_plus_ratio=8.0, adam_beta2=0.99, warmup_steps=10)
+# Vision agents: the language model's projections only (the serving engine batches adapters through the
+# language model; the vision tower, projector and LM head stay frozen), so the reply's logits stay capped
+# and its loss plateaus near 5.5 while greedy replies are right -- judge it by accuracy. Headline reading
+# needs beta2 0.99 (at 0.999 it was 0.3 after 300 steps) and a higher rate than the text agents'.
+VISION_RECIPE: dict[str, Any] = dict(
+    lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules=VISION_LORA_TARGETS, batch_size=16,
+    grad_accum=1, learning_rate=4e-3, lora_plus_ratio=4.0, adam_beta2=0.99, warmup_steps=10)
+
+
+def recipe(agent: str, steps: int | None = None) -> dict[str, Any]:
+    """The default training hyper-parameters of ``agent`` (TrainConfig fields), ``max_steps`` included."""
+    base = VISION_RECIPE if is_vision_agent(agent) else TEXT_RECIPE
+    return {**base, "max_steps": steps or STEPS.get(agent, 200)}
+
+
+def trained_ref(agent: str) -> str:
+    """``<agent>/<default adapter name>@trained-1``: what the embedded default publishes for ``agent``."""
+    return f"{agent}/{default_adapter_name(agent)}@{TRAINED_VERSION}"
+
+
+def default_data(agent: str, data_dir: Path) -> tuple[Path, Path]:
+    """Write ``agent``'s synthetic training and held-out splits into ``data_dir``; return both JSONL paths.
+
+    Deterministic: the same agent always gets the same files, so the held-out split can be rebuilt to
+    score an adapter on exactly the records its training held out.
+    """
+    if is_vision_agent(agent):
+        return write_splits(Path(data_dir) / agent, N_VISION_TRAIN, N_VISION_EVAL)
+    return write_dataset(agent, data_dir, N_TRAIN, N_EVAL)
 
 
 def default_config(agent: str, train: Path, held: Path, output_dir: Path, *, steps: int | None = None,
                    store_root: Path | None = None, threads: int | None = None, publish: bool = True,
                    progress: bool = True, seed: int = 0) -> TrainConfig:
-    """The embedded default's training settings for ``agent`` (plain LoRA on the CPU)."""
+    """The embedded default's training settings for ``agent`` (plain LoRA on the CPU, :func:`recipe`)."""
     return TrainConfig(
         agent=agent, train_files=[train], eval_files=[held], output_dir=output_dir, store_root=store_root,
         adapter_version=TRAINED_VERSION, device="cpu", quantization="none", precision="fp32", threads=threads,
-        lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[*LORA_TARGETS, "lm_head"],
-        max_steps=steps or STEPS.get(agent, 200), batch_size=16, grad_accum=1, learning_rate=1e-3, lora_plus_ratio=8.0,
-        adam_beta2=0.99, warmup_steps=10,
-        seed=seed, publish=publish, promote=True, progress=progress,
+        **recipe(agent, steps), seed=seed, publish=publish, promote=True, progress=progress,
     )
 
 
 def _train_one(agent: str, store: Any, root: Path, *, steps: int | None, threads: int | None, progress: bool,
                force: bool, log: Callable[[str], None], log_every: int = 0) -> dict[str, Any]:
-    train, held = write_dataset(agent, root / "data", N_TRAIN, N_EVAL)
+    train, held = default_data(agent, root / "data")
     cfg = default_config(agent, train, held, root / "runs" / agent, steps=steps, threads=threads, progress=progress)
     if force:
         cfg = cfg.model_copy(update={"force": True})
@@ -93,7 +140,7 @@ def train_default_adapters(store: Any, *, agents: tuple[str, ...] | list[str] = 
 
     todo = []
     for agent in agents:
-        ref = f"{agent}/mistral_{agent}_v1@{TRAINED_VERSION}"
+        ref = trained_ref(agent)
         if not force:
             try:
                 store.resolve(ref)
@@ -106,7 +153,7 @@ def train_default_adapters(store: Any, *, agents: tuple[str, ...] | list[str] = 
         if workers <= 1 or len(todo) <= 1:
             done = []
             for agent in todo:
-                log(f"training {agent}/mistral_{agent}_v1@{TRAINED_VERSION} on its synthetic task")
+                log(f"training {trained_ref(agent)} on its synthetic task")
                 done.append(_train_one(agent, store, root, steps=steps, threads=threads, progress=progress,
                                        force=force, log=log))
             return done
@@ -119,7 +166,8 @@ def _train_parallel(store: Any, todo: list[str], root: Path, *, steps: int | Non
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     workers = min(workers, len(todo))
-    order = sorted(todo, key=lambda a: -(steps or STEPS.get(a, 200)))  # longest first: the pool ends together
+    # Costliest first: the pool ends together.
+    order = sorted(todo, key=lambda a: -(steps or STEPS.get(a, 200)) * STEP_COST.get(a, 1.0))
     total_steps = sum(steps or STEPS.get(a, 200) for a in todo)
     log(f"training {len(todo)} adapters ({total_steps} steps) in {workers} worker processes, one thread each")
     started = time.monotonic()

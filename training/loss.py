@@ -41,15 +41,23 @@ def collate(examples: list[Encoded], prefix_len: int, pad_id: int) -> tuple[torc
 
 
 def answer_loss(model: Any, examples: list[Encoded], prefix: list[int], pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of ``examples`` under ``model`` (a PEFT causal LM).
+    """Mean cross-entropy over the answer tokens of ``examples`` under ``model`` (a PEFT causal LM, or a PEFT
+    LLaVA when the examples carry ``pixel_values``: its ``model`` runs the vision tower and puts the image
+    features where the prompt's image tokens are, so the prompt then reads as text).
 
     Args:
-        prefix: token ids every example's prompt starts with (may be empty).
+        prefix: token ids every example's prompt starts with (may be empty; must be for vision examples,
+            whose image tokens differ per example).
     """
     causal_lm = model.get_base_model()
     decoder, head = causal_lm.model, causal_lm.lm_head
     ids, mask, targets = (t.to(device) for t in collate(examples, len(prefix), pad_id))
-    if prefix:
+    if examples[0].pixel_values is not None:
+        if prefix:
+            raise ValueError("vision examples cannot share a prefix: the image tokens differ per example")
+        pixels = torch.stack([e.pixel_values for e in examples]).to(device)
+        hidden = decoder(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_cache=False).last_hidden_state
+    elif prefix:
         shared = decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True).cache
         shared.batch_repeat_interleave(len(examples))  # repeat_interleave: gradients sum back into the one pass
         full_mask = torch.cat([torch.ones((len(examples), len(prefix)), dtype=mask.dtype, device=device), mask], 1)

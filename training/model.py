@@ -2,7 +2,8 @@
 
 QLoRA on CUDA: the store's ``bnb-4bit`` variant (nf4, double quantisation, bf16 compute) prepared with
 ``prepare_model_for_kbit_training``. Plain LoRA elsewhere: the base in fp32 (CPU) or bf16. The base is
-loaded through ``modelstore.loading.load_base``, the same code path serving uses.
+loaded through ``modelstore.loading.load_base``, the same code path serving uses; a vision-language base
+(LLaVA) comes with its processor, and vision agents must train on one, text agents on a text base.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["Plan", "resolve_plan", "load_for_training"]
+__all__ = ["Plan", "TrainModel", "resolve_plan", "load_for_training"]
 
 
 @dataclass(frozen=True)
@@ -39,23 +40,44 @@ def resolve_plan(cfg: TrainConfig, cuda_available: bool | None = None) -> Plan:
     return Plan(device, precision, False)
 
 
-def load_for_training(store: Any, cfg: TrainConfig, plan: Plan) -> tuple[Any, Any, Any]:
-    """Load the pinned base, add a freshly initialised LoRA adapter; return ``(peft_model, tokenizer, base_ref)``.
+@dataclass
+class TrainModel:
+    """The base wrapped with a fresh LoRA adapter, its tokenizer, its processor (vision bases) and pinned ref."""
+
+    model: Any
+    tokenizer: Any
+    processor: Any
+    base_ref: Any
+
+
+def load_for_training(store: Any, cfg: TrainConfig, plan: Plan) -> TrainModel:
+    """Load the pinned base and add a freshly initialised LoRA adapter.
 
     The LoRA initialisation draws from torch's global generator, so the caller seeds it first.
+
+    Raises:
+        TrainingError: a vision agent on a text base, or a text agent on a vision-language base.
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from modelstore.loading import load_base
 
+    from .config import is_vision_agent
+    from .errors import TrainingError
+
     loaded = load_base(store, cfg.base_ref, plan.variant, device=plan.device, strict=True)
+    if loaded.is_vision != is_vision_agent(cfg.agent):
+        need = "a vision-language" if is_vision_agent(cfg.agent) else "a text-only"
+        raise TrainingError(f"agent {cfg.agent!r} trains on {need} base and {loaded.ref} is not one (name another "
+                            "with --base)")
     model = loaded.model
     if plan.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)  # str: a regex
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
-    return peft_model, loaded.tokenizer, loaded.ref
+    return TrainModel(peft_model, loaded.tokenizer, loaded.processor, loaded.ref)

@@ -1,8 +1,10 @@
 """One training run, top to bottom: data, base + LoRA, the loop, checkpoints, the adapter and its summary.
 
-``run_training(cfg)`` returns a :class:`TrainResult`; with ``cfg.publish`` the adapter goes into the
-agent's ModelStore namespace through the store's atomic publish, only after every step and the final
-evaluation succeeded, so a failed run publishes nothing.
+Text agents train on JSONL ``{input, output}`` records rendered with their agent prompt; vision agents
+(``newsreader``) on image + text records (:mod:`training.vision_task`) on a vision-language base, whose
+examples carry ``pixel_values`` through the same loop. ``run_training(cfg)`` returns a :class:`TrainResult`;
+with ``cfg.publish`` the adapter goes into the agent's ModelStore namespace through the store's atomic
+publish, only after every step and the final evaluation succeeded, so a failed run publishes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +30,7 @@ from .errors import DataError, TrainingError
 from .loss import answer_loss
 from .model import load_for_training, resolve_plan
 from .summary import SUMMARY_FILE, build_summary
+from .vision_data import encode_vision, read_vision_records, vision_data_hash
 
 __all__ = ["TrainResult", "run_training", "micro_batch", "param_groups"]
 
@@ -118,15 +122,19 @@ def run_training(cfg: TrainConfig, *, store: Any = None, log: Callable[[str], No
 
     started = time.monotonic()
     spec = get_spec(cfg.agent)
-    if spec.kind != "llm":
-        raise TrainingError(f"agent {cfg.agent!r} is a {spec.kind} agent; only prompted (llm) agents take LoRA adapters")
-    records = read_records(spec, cfg.train_files, cfg.max_train_samples)
+    if spec.kind not in ("llm", "multimodal"):
+        raise TrainingError(f"agent {cfg.agent!r} is a {spec.kind} agent; only prompted (llm, multimodal) agents take "
+                            "LoRA adapters")
+    vision = spec.kind == "multimodal"  # image + text records (training.vision_task), checked before the base loads
+    read = read_vision_records if vision else partial(read_records, spec)
+    records = read(cfg.train_files, cfg.max_train_samples)
     if cfg.eval_files:
-        train_recs, eval_recs = records, read_records(spec, cfg.eval_files, cfg.max_eval_samples)
+        train_recs, eval_recs = records, read(cfg.eval_files, cfg.max_eval_samples)
     else:
         train_recs, eval_recs = _split(records, cfg.eval_fraction, cfg.seed)
         eval_recs = eval_recs[: cfg.max_eval_samples] if cfg.max_eval_samples else eval_recs
-    digest = data_hash(list(cfg.train_files) + list(cfg.eval_files))
+    files = list(cfg.train_files) + list(cfg.eval_files)
+    digest = vision_data_hash(files, train_recs + eval_recs) if vision else data_hash(files)
     log(f"{cfg.agent}: {len(train_recs)} training and {len(eval_recs)} held-out records (data sha256 {digest[:12]})")
 
     if cfg.threads:
@@ -134,11 +142,17 @@ def run_training(cfg: TrainConfig, *, store: Any = None, log: Callable[[str], No
     store = store if store is not None else ModelStore(cfg.store_root)
     plan = resolve_plan(cfg)
     torch.manual_seed(cfg.seed)  # LoRA A init and dropout draw from the global generator
-    model, tokenizer, base_ref = load_for_training(store, cfg, plan)
+    loaded = load_for_training(store, cfg, plan)
+    model, tokenizer, base_ref = loaded.model, loaded.tokenizer, loaded.base_ref
     device = torch.device(plan.device)
-    train_ex = encode(spec, train_recs, tokenizer, cfg.max_seq_len)
-    eval_ex = encode(spec, eval_recs, tokenizer, cfg.max_seq_len)
-    share = cfg.share_prefix and not cfg.gradient_checkpointing  # checkpointed layers cannot return a cache
+    if vision:
+        train_ex = encode_vision(cfg.agent, train_recs, loaded.processor, cfg.max_seq_len)
+        eval_ex = encode_vision(cfg.agent, eval_recs, loaded.processor, cfg.max_seq_len)
+    else:
+        train_ex = encode(spec, train_recs, tokenizer, cfg.max_seq_len)
+        eval_ex = encode(spec, eval_recs, tokenizer, cfg.max_seq_len)
+    # Checkpointed layers cannot return a cache; vision prompts differ from their first image token on.
+    share = cfg.share_prefix and not cfg.gradient_checkpointing and not vision
     prefix = train_ex[0].prompt_ids[: shared_prefix_len(train_ex + eval_ex)] if share else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
