@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded offline default: build the default ModelStore where anything is missing
 # (idempotent, ~15 s the first time, instant afterwards), train and publish the default agents' adapters
+# (the eight text agents' and the newsreader's, on the vision base)
 # on their synthetic tasks where the store lacks them (one worker process per core, progress on stderr;
 # skipped when they are there; JUSTNEWS_SKIP_TRAINING=1 skips it), then start the JustNews cluster from
 # serve_config.yaml in the foreground: `serve run` starts a local Ray cluster (or joins the one
@@ -16,7 +17,8 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" RAY_USAGE_STATS_ENABLED="${RAY_USAG
 echo "==> ModelStore at $MODEL_STORE_ROOT" >&2
 modelstore seed
 if [ "${JUSTNEWS_SKIP_TRAINING:-0}" != 1 ]; then
-    echo "==> default adapters: train + publish <agent>/mistral_<agent>_v1@trained-1 where missing" >&2
+    echo "==> default adapters: train + publish <agent>/mistral_<agent>_v1@trained-1 and" \
+         "newsreader/llava_newsreader_v1@trained-1 (its synthetic images, on the vision base) where missing" >&2
     justnews-train defaults
 fi
 modelstore list

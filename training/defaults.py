@@ -38,12 +38,14 @@ N_TRAIN, N_EVAL = 2000, 64
 N_VISION_TRAIN, N_VISION_EVAL = 2000, 128
 # Optimizer steps per agent (batch 16); bench/RESULTS.md records what they reach. The extractive tasks
 # fill three or four slots, each from the input, and exact match needs them all (200 steps: 0.02-0.20);
-# chief_editor reached 0.69-1.00 over three seeds at 200 steps, 1.00 at 300. The newsreader reads its
-# image's kind within ~150 steps and its headline much later (bench/RESULTS.md, "Newsreader adapter").
+# chief_editor reached 0.69-1.00 over three seeds at 200 steps, 1.00 at 300. The newsreader names its
+# image's kind after 400 steps (1.00; 0.76 after 200) but reads few headlines (0.13): its served prompt,
+# the agent's system prompt then the instruction, is 400 tokens, and the headline is not learnt within 1000
+# steps; on the 176-token user turn alone 400 steps read 0.86 of them (bench/RESULTS.md, "Newsreader adapter").
 STEPS = {**{agent: 400 if agent in EXTRACTIVE else 200 for agent in GENERATORS}, "analyst": 300, "chief_editor": 300,
          "newsreader": 400}
-# A newsreader step costs about this many text-agent steps (a longer prompt with 64 image tokens, the
-# vision tower): the parallel pool starts the costliest runs first so the workers end together.
+# A newsreader step costs about this many text-agent steps (16 prompts of ~450 tokens, 64 of them image
+# tokens, and the vision tower): the parallel pool starts the costliest runs first so the workers end together.
 STEP_COST = {"newsreader": 3.0}
 
 # The per-agent recipes (the rest of TrainConfig's defaults apply). Text agents: LoRA on the LM head too (a
@@ -53,8 +55,9 @@ TEXT_RECIPE: dict[str, Any] = dict(
     grad_accum=1, learning_rate=1e-3, lora_plus_ratio=8.0, adam_beta2=0.99, warmup_steps=10)
 # Vision agents: the language model's projections only (the serving engine batches adapters through the
 # language model; the vision tower, projector and LM head stay frozen), so the reply's logits stay capped
-# and its loss plateaus near 5.5 while greedy replies are right -- judge it by accuracy. Headline reading
-# needs beta2 0.99 (at 0.999 it was 0.3 after 300 steps) and a higher rate than the text agents'.
+# and its loss plateaus near 5.5 while greedy replies are right -- judge it by accuracy. On the user-turn
+# prompt the headline's first token (teacher-forced, 300 steps, lr 4e-3) was right 0.49 of the time with
+# beta2 0.999 and 0.80 with 0.99; lr 8e-3, or 4e-3 with LoRA+ 16, did not converge (loss stuck above 6).
 VISION_RECIPE: dict[str, Any] = dict(
     lora_r=16, lora_alpha=32, lora_dropout=0.0, target_modules=VISION_LORA_TARGETS, batch_size=16,
     grad_accum=1, learning_rate=4e-3, lora_plus_ratio=4.0, adam_beta2=0.99, warmup_steps=10)

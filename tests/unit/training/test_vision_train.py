@@ -16,6 +16,7 @@ from training.config import VISION_LORA_TARGETS, TrainConfig
 from training.trainer import run_training
 
 REF = "newsreader/llava_newsreader_v1@test-1"
+LEARN_STEPS = 150  # at batch 8 on 128 images: held-out kind 0.69 against the bare base's 0.34 (~50 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,22 @@ def test_eval_adapter_reports_the_figures_for_adapter_and_base(published, vision
         assert set(out[side]) == {"kind", "headline", "both", "caption", "valid"}
         assert all(0.0 <= v <= 1.0 for v in out[side].values())
         assert out[side]["both"] <= min(out[side]["kind"], out[side]["headline"])
+
+
+def test_training_teaches_the_kind_which_the_bare_base_does_not_read(store, tmp_path):
+    """A short run on a small set (the recipe, smaller batches) lifts held-out kind accuracy, scored through the
+    engine as served, clearly above the bare base's; a run that trained nothing would score as the base does."""
+    from training.defaults import VISION_RECIPE
+    from training.vision_data import read_vision_records
+    from training.vision_eval import compare_vision
+    from training.vision_task import write_splits
+
+    train, held = write_splits(tmp_path / "data", 128, 32)
+    cfg = TrainConfig(**{**VISION_RECIPE, "max_steps": LEARN_STEPS, "batch_size": 8}, agent="newsreader",
+                      train_files=[train], eval_files=[held], output_dir=tmp_path / "run", device="cpu",
+                      quantization="none", precision="fp32", progress=False, adapter_version="test-1", publish=True,
+                      seed=0)
+    run_training(cfg, store=store)
+    out = compare_vision(store, "newsreader", REF, read_vision_records([held]))
+    assert out["adapter_score"]["kind"] >= out["base"]["kind"] + 0.25, out
+    assert out["adapter_score"]["valid"] == 1.0
