@@ -127,7 +127,9 @@ def test_ray_token_needs_no_file_when_the_token_is_in_the_environment(tmp_path):
 
 
 def test_run_sh_secures_the_ray_token_before_serve_starts():
-    lines = [l.strip() for l in (REPO / "scripts" / "run.sh").read_text().splitlines() if not l.startswith("#")]
+    # joined as bash reads them: a line ending in a backslash continues on the next
+    script = (REPO / "scripts" / "run.sh").read_text().replace("\\\n", " ")
+    lines = [l.strip() for l in script.splitlines() if not l.startswith("#")]
     auth = lines.index('export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"')
     token = next(i for i, l in enumerate(lines) if shlex.split(l)[:2] == ["python", "scripts/ray_token.py"])
     serve = next(i for i, l in enumerate(lines) if l.startswith("exec serve run"))
