@@ -7,7 +7,7 @@ once per agent at the *largest input its contract accepts* (every input list at 
 the narrowed schema (``AgentSpec.json_schema(inp)``) allows the longest reply, and a smaller request fits
 under it too. Sizing per request instead would save nothing: generation stops when the JSON is complete.
 
-How a schema is counted (the grammar is ``deployments/engine/constraints.py``: compact JSON, separators
+How a schema is counted (the grammar is ``engine/constraints.py``: compact JSON, separators
 ``,`` and ``:``, every property emitted, in schema order):
 
 - structure -- braces, keys, separators, enum literals, numbers, list indices -- is ASCII and is counted

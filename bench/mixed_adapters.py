@@ -165,7 +165,7 @@ def serve_sender(handle, max_new_tokens: int):
 
 def engine_memory(store_root: Path, refs: list[str]) -> dict:
     """Bytes of base parameters alone and with the 8 adapters resident (one engine, one base copy)."""
-    from deployments.engine import EngineConfig, InferenceEngine
+    from engine import EngineConfig, InferenceEngine
     from modelstore import ModelStore
     from modelstore.loading import load_base
 

@@ -245,7 +245,7 @@ def to_serve_error(exc: BaseException) -> ServeError:
     from agent_graph import errors as graph_errors
     from modelstore import errors as store_errors
 
-    from deployments.engine import errors as engine_errors
+    from engine import errors as engine_errors
 
     message = str(exc) or type(exc).__name__
     if is_oom(exc):  # retryable: another replica, or this one once the batch drained, may have the memory

@@ -3,7 +3,7 @@
 A request that breaks a limit is refused at the edge it arrives at (the ingress for ``/v1/chat/completions``,
 the BaseLLM replica for handle and agent calls) before it is tokenized, compiled or queued, with a 400 (or a
 413 for sizes) whose message names the field, the value and the limit. The protocol models
-(``deployments/base_llm/protocol.py``, ``deployments/ingress/openai_protocol.py``, ``deployments/engine/params.py``) take their
+(``deployments/base_llm/protocol.py``, ``deployments/ingress/openai_protocol.py``, ``engine/params.py``) take their
 bounds from :data:`LIMITS`; JSON schemas are checked by :func:`check_json_schema`, images by
 ``deployments.vision.images.admit_image`` (size, pixels from the header, format). An operator changes a
 limit with ``JUSTNEWS_ADMISSION_LIMITS='{"max_schema_depth": 16}'`` in every process's environment.
@@ -12,7 +12,7 @@ Why a JSON schema needs limits of its own: xgrammar's compile time grows steeply
 200 objects deep compiles in 0.7 s on the tiny tokenizer, one nested ~700 JSON levels took 32 s on the
 cluster), so size, depth, property and enum counts are bounded here. They cannot bound everything: a
 22-character ``pattern`` with nested bounded repetition, ``^([a-z]{1,90}){1,101}$``, compiles for 15 s;
-``EngineConfig.grammar_compile_timeout_s`` and the compile pool (``deployments/engine/constraints.py``) bound
+``EngineConfig.grammar_compile_timeout_s`` and the compile pool (``engine/constraints.py``) bound
 what is left.
 """
 

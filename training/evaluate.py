@@ -65,7 +65,7 @@ def correct(agent: str, text: str, row: Row) -> bool:
 
 def build_request(row: Row, tokenizer: Any, max_new_tokens: int) -> Any:
     """The engine request serving would send for ``row``: agent prompt, narrowed schema, greedy."""
-    from deployments.engine import GenerationRequest, SamplingParams
+    from engine import GenerationRequest, SamplingParams
 
     spec = get_spec(row.agent)
     return GenerationRequest(prompt=spec.prompt(row.input, tokenizer), adapter=row.adapter,
@@ -92,7 +92,7 @@ def accuracy(flags: list[bool]) -> float:
 def load_engine(store: Any, base_ref: str = "base_models@current", variant: str | None = "fp32",
                 device: str = "cpu", max_batch_size: int = 64) -> Any:
     """An inference engine over the store's base, as the BaseLLM server builds it."""
-    from deployments.engine import EngineConfig, InferenceEngine
+    from engine import EngineConfig, InferenceEngine
     from modelstore.loading import load_base
 
     loaded = load_base(store, base_ref, variant, device=device)

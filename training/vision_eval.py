@@ -49,7 +49,7 @@ def served_max_new_tokens(agent: str) -> int:
 def build_vision_request(agent: str, record: VisionRecord, processor: Any, adapter: str | None,
                          max_new_tokens: int) -> Any:
     """The engine request serving sends for ``record``: the agent's prompt and schema, the image, greedy."""
-    from deployments.engine import GenerationRequest, SamplingParams
+    from engine import GenerationRequest, SamplingParams
 
     inp = agent_input(agent, record)
     return GenerationRequest(prompt=vision_prompt(agent, record, processor), images=[record.load_image()],
@@ -86,7 +86,7 @@ def score_vision(engine: Any, agent: str, records: list[VisionRecord], adapter: 
 def load_vision_engine(store: Any, base_ref: str, variant: str | None = "fp32", device: str = "cpu",
                        max_batch_size: int = 64) -> Any:
     """An inference engine over a vision-language base and its processor, as the BaseLLM server builds it."""
-    from deployments.engine import EngineConfig, InferenceEngine
+    from engine import EngineConfig, InferenceEngine
     from modelstore.loading import load_base
 
     loaded = load_base(store, base_ref, variant, device=device)

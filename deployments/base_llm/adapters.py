@@ -26,7 +26,7 @@ from typing import Any
 
 from modelstore.refs import CURRENT, AdapterRef, BaseRef, ModelRef, parse_ref
 
-from deployments.engine import AdapterLoader
+from engine import AdapterLoader
 from deployments.errors import (
     AdapterLoadFailedError,
     AdapterNotFoundError,
@@ -83,7 +83,7 @@ class AdapterPool:
 
     Args:
         store: the :class:`~modelstore.ModelStore`.
-        engine: the :class:`~deployments.engine.InferenceEngine` holding the base.
+        engine: the :class:`~engine.InferenceEngine` holding the base.
         base_ref: the pinned ref of the loaded base; adapters validated against another base are refused.
         metrics: where loads, failures and evictions are counted.
         verify: recompute an adapter's checksums before loading it.

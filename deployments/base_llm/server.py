@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from deployments.base_llm.adapters import AdapterHandle, AdapterPool
 from deployments.base_llm.batcher import BatcherClosed, BatchRecord, MixedBatcher
-from deployments.engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
+from engine import EngineError, GenerationRequest, GenerationResult, InferenceEngine, SamplingParams
 from deployments.errors import (InvalidRequestError, OverloadedError, RequestTooLargeError, is_oom, to_serve_error,
                                 validation_summary)
 from deployments.limits import LIMITS, check_image_count, check_json_schema, check_prompt

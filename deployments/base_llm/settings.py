@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.engine import EngineConfig
+from engine import EngineConfig
 
 __all__ = ["RuntimeConfig", "PlannedLoad", "BaseLLMSettings", "check_runtime_fits", "resolve_device", "unflatten_args"]
 

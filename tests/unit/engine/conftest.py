@@ -44,7 +44,7 @@ def base_model(tiny_base_dir):
 
 @pytest.fixture
 def engine(base_model, tokenizer):
-    from deployments.engine import InferenceEngine
+    from engine import InferenceEngine
 
     return InferenceEngine(base_model, tokenizer)
 

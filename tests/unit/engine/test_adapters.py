@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from deployments.engine import (
+from engine import (
     AdapterLoadError,
     AdapterNotLoaded,
     EngineConfig,

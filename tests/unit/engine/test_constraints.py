@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, Field, StringConstraints
 
-from deployments.engine import GenerationRequest, SamplingParams
+from engine import GenerationRequest, SamplingParams
 from tests.unit.engine.helpers import ADAPTER_NAMES, chat
 
 # Every value is bounded: a random tiny model sampled at temperature 1.0 would otherwise write one
@@ -78,7 +78,7 @@ def test_a_token_the_grammar_accepts_is_never_masked_out(tokenizer):
     import torch
 
     from agent_graph import get_spec, load_agent_map, run_heuristic
-    from deployments.engine.constraints import BatchMasker, GrammarCache, RowConstraint
+    from engine.constraints import BatchMasker, GrammarCache, RowConstraint
 
     spec = get_spec("reasoning")
     inp = spec.example

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.engine import (
+from engine import (
     AdapterNotLoaded,
     BatchTooLarge,
     EngineConfig,
@@ -132,7 +132,7 @@ def test_limits_refused_before_compute(base_model, tokenizer, case, error, messa
 
 @pytest.mark.parametrize("ignore_eos, expected_tokens, finish", [(False, 1, "stop"), (True, 6, "length")])
 def test_ignore_eos_generates_exactly_max_new_tokens(engine, tokenizer, ignore_eos, expected_tokens, finish):
-    from deployments.engine import GenerationRequest, SamplingParams
+    from engine import GenerationRequest, SamplingParams
 
     prompt = chat(tokenizer, "Report on the storm.")
     first = engine.generate([GenerationRequest(prompt=prompt, params=SamplingParams(max_new_tokens=1))])[0]

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from deployments.engine import EngineConfig, GenerationRequest, InferenceEngine, SamplingParams
-from deployments.engine.constraints import GrammarCache
-from deployments.engine.errors import GrammarCompileBusy, GrammarCompileTimeout, InvalidSchema
+from engine import EngineConfig, GenerationRequest, InferenceEngine, SamplingParams
+from engine.constraints import GrammarCache
+from engine.errors import GrammarCompileBusy, GrammarCompileTimeout, InvalidSchema
 from tests.unit.engine.helpers import chat
 
 HELD = "held"

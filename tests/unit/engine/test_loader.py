@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from deployments.engine import AdapterLoader, AdapterLoadError
+from engine import AdapterLoader, AdapterLoadError
 from tests.unit.engine.helpers import ADAPTER_NAMES
 
 A = ADAPTER_NAMES[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from deployments.engine import EngineConfig, GenerationRequest, GenerationResult, SamplingParams
+from engine import EngineConfig, GenerationRequest, GenerationResult, SamplingParams
 
 VALID = [
     EngineConfig(),

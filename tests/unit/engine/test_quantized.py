@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.engine import GenerationRequest, InferenceEngine, SamplingParams
+from engine import GenerationRequest, InferenceEngine, SamplingParams
 from tests.unit.engine.helpers import ADAPTER_NAMES, chat
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from deployments.engine import SamplingParams
-from deployments.engine.sampling import RowSampler
+from engine import SamplingParams
+from engine.sampling import RowSampler
 
 
 @pytest.mark.parametrize("seed", range(5))

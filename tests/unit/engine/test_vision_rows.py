@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from deployments.engine import InferenceEngine
-from deployments.engine.errors import InvalidRequest
-from deployments.engine.params import GenerationRequest, SamplingParams
+from engine import InferenceEngine
+from engine.errors import InvalidRequest
+from engine.params import GenerationRequest, SamplingParams
 from modelstore import ModelStore
 from modelstore.loading import load_base
 from modelstore.seed import VISION_BASE_REF

@@ -30,7 +30,7 @@ AGENT, N_REVIEWED, N_HELD_OUT, STEPS = "fact_checker", 48, 24, 120
 
 def _engine_llm(store):
     """The BaseLLM's job in-process: chat template, adapter, schema-constrained greedy decoding."""
-    from deployments.engine import GenerationRequest, SamplingParams
+    from engine import GenerationRequest, SamplingParams
     from training.evaluate import load_engine
 
     engine = load_engine(store)

@@ -43,7 +43,7 @@ def held_compiles(monkeypatch):
     """Compiles of schemas whose JSON contains SLOW_MARK wait for ``release``; ``started`` is set when one begins."""
     import threading
 
-    from deployments.engine.constraints import GrammarCache
+    from engine.constraints import GrammarCache
 
     started, release, compiled = threading.Event(), threading.Event(), []
     real = GrammarCache._compile
@@ -99,7 +99,7 @@ def test_a_schema_nested_700_deep_is_refused_before_it_compiles(server, held_com
 
 def test_a_compile_past_the_timeout_is_a_400_naming_it_and_the_schema_is_refused_from_then_on(
         seeded_store_root, held_compiles):
-    from deployments.engine import EngineConfig
+    from engine import EngineConfig
     from deployments.errors import SchemaCompileTimeoutError
 
     server = BaseLLMServer(BaseLLMSettings(store_root=str(seeded_store_root),

@@ -15,7 +15,7 @@ import pytest
 
 from agent_graph import InvalidAgentInput, generation_request, get_spec, load_agent_map
 from agent_graph.budget import UnboundedSchema, agent_budget, schema_budget, text_tokens_per_char
-from deployments.engine import EngineConfig
+from engine import EngineConfig
 
 LLM_AGENTS = ["synthesizer", "journalist", "chief_editor", "reasoning", "critic", "fact_checker", "analyst",
               "re_ranker"]
@@ -131,7 +131,7 @@ def test_the_number_and_string_rules_are_the_grammar_s_own(served):
     maxLength strings take no escapes. If an upgrade changes either, this fails before budgets go wrong."""
     import xgrammar as xgr
 
-    from deployments.engine.constraints import GrammarCache
+    from engine.constraints import GrammarCache
 
     cache = GrammarCache(served.tokenizer, served.model.get_output_embeddings().weight.shape[0])
     try:
@@ -157,8 +157,8 @@ def test_every_agent_completes_valid_json_at_its_largest_input_within_its_budget
     seeded adapter. The adapters write junk, but the grammar keeps it valid JSON; the budget must let it end."""
     from modelstore import ModelStore
 
-    from deployments.engine import InferenceEngine
-    from deployments.engine.params import GenerationRequest, SamplingParams
+    from engine import InferenceEngine
+    from engine.params import GenerationRequest, SamplingParams
 
     store, agent_map, inputs = ModelStore(seeded_store_root), load_agent_map(), _largest_inputs()
     engine = InferenceEngine(served.model, served.tokenizer, EngineConfig())

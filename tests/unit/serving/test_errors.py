@@ -7,7 +7,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from agent_graph.errors import InvalidAgentInput, UnknownAgent
-from deployments.engine import errors as engine
+from engine import errors as engine
 from deployments.errors import ServeError, error_body, to_serve_error
 from modelstore import errors as store
 

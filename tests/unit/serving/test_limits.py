@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent_graph import get_spec, load_agent_map
-from deployments.engine import SamplingParams
+from engine import SamplingParams
 from deployments.errors import LimitExceededError, RequestTooLargeError, SchemaTooLargeError
 from deployments.limits import LIMITS, AdmissionLimits, check_json_schema, schema_stats
 from deployments.ingress.openai_protocol import ChatCompletionRequest
@@ -133,7 +133,7 @@ def test_each_integer_and_list_limit_is_a_validation_error_naming_value_and_limi
 
 @pytest.mark.parametrize("seed", [0, 2**64 - 1, -(2**63), 2**63])
 def test_every_accepted_seed_seeds_the_sampler(seed):
-    from deployments.engine.sampling import RowSampler
+    from engine.sampling import RowSampler
 
     assert RowSampler(SamplingParams(seed=seed, temperature=1.0)).generator is not None
 

@@ -21,7 +21,7 @@ class AdapterLoader:
 
     Args:
         engine: anything with ``load_adapter(name, path)`` and ``is_loaded(name)``
-            (an :class:`~deployments.engine.InferenceEngine`).
+            (an :class:`~engine.InferenceEngine`).
 
     Attributes:
         load_counts: loads started per adapter name, failed ones included; tests prove de-duplication with it.

@@ -10,7 +10,7 @@ __all__ = ["EngineConfig"]
 
 
 class EngineConfig(BaseModel):
-    """Limits of one :class:`~deployments.engine.InferenceEngine`.
+    """Limits of one :class:`~engine.InferenceEngine`.
 
     Every limit is checked before any compute, so a request that breaks one costs nothing.
     """
