@@ -256,6 +256,8 @@ def to_serve_error(exc: BaseException) -> ServeError:
         (store_errors.ModelStoreError, AdapterLoadFailedError),
         (engine_errors.GrammarCompileTimeout, SchemaCompileTimeoutError),
         (engine_errors.GrammarCompileBusy, OverloadedError),
+        (engine_errors.QueueFull, OverloadedError),
+        (engine_errors.EngineClosed, OverloadedError),
         (engine_errors.RequestTooLarge, RequestTooLargeError),
         (engine_errors.BatchTooLarge, RequestTooLargeError),
         (engine_errors.InvalidSchema, InvalidRequestError),

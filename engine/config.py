@@ -51,6 +51,25 @@ class EngineConfig(BaseModel):
     max_pending_grammar_compiles: int = Field(
         16, ge=1, description="Distinct schemas compiling or queued to compile at once; one more is refused (503)."
     )
+    max_waiting_requests: int = Field(
+        256, ge=1,
+        description="Rows that may wait for a KV slot of the continuous-batching loop; one more is refused (503).",
+    )
+    kv_cache_bytes: int | None = Field(
+        None, ge=1,
+        description=(
+            "Memory of the continuous loop's KV cache, allocated once at its first request: as many slots of "
+            "kv_slot_tokens as fit, at most max_batch_size (the planner gives each replica this budget). None: "
+            "max_batch_size slots."
+        ),
+    )
+    kv_slot_tokens: int | None = Field(
+        None, ge=1,
+        description=(
+            "Tokens one KV slot holds (prompt + generated); a request needing more is refused naming the numbers. "
+            "None: max_prompt_tokens + max_new_tokens_limit, so every admitted request fits."
+        ),
+    )
     lora_kernel: Literal["gathered", "peft"] = Field(
         "gathered",
         description=(

@@ -18,7 +18,7 @@ from .constraints import BatchMasker, RowConstraint
 from .params import FinishReason, GenerationRequest, GenerationResult, SamplingParams
 from .sampling import RowSampler, find_stop
 
-__all__ = ["DecodeRow", "run_decode"]
+__all__ = ["DecodeRow", "run_decode", "vision_inputs"]
 
 # Byte-level BPE can rewrite the last few characters of a decode once a multi-byte character completes,
 # so a stop-string search restarts this many characters before where the previous search ended.
@@ -125,7 +125,7 @@ def run_decode(
     finished = [False] * len(rows)
     masker = BatchMasker(len(rows), vocab_size, banned_ids) if any(r.constraint for r in rows) else None
     router = adapters.router(sorted({s for s in adapter_names if s != BASE_SLOT}))
-    prefill = _vision_inputs(rows, device, pixel_dtype)
+    prefill = vision_inputs(rows, device, pixel_dtype)
     cache = None
     step = 0
     with torch.inference_mode():
@@ -173,7 +173,7 @@ def run_decode(
             positions = positions[:, -1:] + 1
 
 
-def _vision_inputs(rows: list[DecodeRow], device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def vision_inputs(rows: list[DecodeRow], device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """The prefill's ``pixel_values`` (and ``image_sizes``) of every row with images, in batch order.
 
     LLaVA-NeXT's processor gives each image a tile count of its own; images from different rows are padded to

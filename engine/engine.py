@@ -22,7 +22,9 @@ from .config import EngineConfig
 from .constraints import GrammarCache, GrammarJob
 from .decode import DecodeRow, run_decode
 from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
+from .kv_slots import SlotKVCache, kv_bytes_per_token
 from .params import GenerationRequest, GenerationResult
+from .scheduler import ContinuousScheduler, RowHandle
 
 __all__ = ["InferenceEngine"]
 
@@ -71,6 +73,11 @@ class InferenceEngine:
         self._eos_ids = _eos_ids(model, tokenizer)
         self._counters = {"generate_calls": 0, "rows": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._counter_lock = threading.Lock()
+        self._model_config_full = model.config
+        # The compute dtype (K/V are stored in it): the input embeddings' (never quantized by bitsandbytes).
+        self._kv_dtype = model.get_input_embeddings().weight.dtype
+        self._scheduler: ContinuousScheduler | None = None
+        self._scheduler_lock = threading.Lock()
 
     # -- adapters ---------------------------------------------------------------------------------
 
@@ -143,10 +150,86 @@ class InferenceEngine:
         results = [row.result(self.tokenizer, req) for row, req in zip(rows, requests)]
         with self._counter_lock:
             self._counters["generate_calls"] += 1
-            self._counters["rows"] += len(results)
-            self._counters["prompt_tokens"] += sum(r.prompt_tokens for r in results)
-            self._counters["completion_tokens"] += sum(r.completion_tokens for r in results)
+        for result in results:
+            self._count(result)
         return results
+
+    def _count(self, result: GenerationResult) -> None:
+        with self._counter_lock:
+            self._counters["rows"] += 1
+            self._counters["prompt_tokens"] += result.prompt_tokens
+            self._counters["completion_tokens"] += result.completion_tokens
+
+    # -- continuous batching ----------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> RowHandle:
+        """Queue one request on the continuous-batching loop; it joins the running batch at the next step.
+
+        Validates and pins the request's adapter before returning (an unload waits for the row); the KV cache
+        is allocated at the first call. Compiles a schema that was not precompiled, and runs the image
+        processor, in the calling thread: call it from a worker thread (``generate_async`` does).
+
+        Returns:
+            The row's handle: ``handle.future`` resolves to its :class:`GenerationResult`; ``handle.cancel()``
+            drops it at the next step boundary and frees its slot.
+
+        Raises:
+            RequestTooLarge, InvalidRequest, InvalidSchema, AdapterNotLoaded: as ``generate``; RequestTooLarge
+                also when prompt + max_new_tokens exceeds a KV slot.
+            QueueFull: ``max_waiting_requests`` rows already wait (503).
+            EngineClosed: after ``close``.
+        """
+        row = self._prepare([request])[0]
+        names = {request.adapter} if request.adapter is not None else set()
+        slots = self._adapters.acquire(names)
+        try:
+            return self._continuous().submit(row, request, names, slots.get(request.adapter, BASE_SLOT))
+        except BaseException:
+            self._adapters.release(names)
+            raise
+
+    async def generate_async(self, request: GenerationRequest) -> GenerationResult:
+        """``submit`` from a worker thread (schema precompiled off the loop first) and await the result.
+
+        Cancelling the awaiting task cancels the row: it leaves the batch at the next step and frees its slot.
+        """
+        if request.json_schema is not None and request.grammar is None:
+            request = request.model_copy(update={"grammar": await self.precompile(request.json_schema)})
+        handle = await asyncio.to_thread(self.submit, request)
+        try:
+            return await asyncio.wrap_future(handle.future)
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+
+    def _continuous(self) -> ContinuousScheduler:
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                cfg = self.config
+                slot_tokens = cfg.kv_slot_tokens or cfg.max_prompt_tokens + cfg.max_new_tokens_limit
+                if cfg.kv_cache_bytes is not None:
+                    cache = SlotKVCache.for_budget(self._model_config_full, budget_bytes=cfg.kv_cache_bytes,
+                                                   max_slots=cfg.max_batch_size, slot_tokens=slot_tokens,
+                                                   dtype=self._kv_dtype, device=self.device)
+                else:
+                    cache = SlotKVCache(self._model_config_full, slots=cfg.max_batch_size, slot_tokens=slot_tokens,
+                                        dtype=self._kv_dtype, device=self.device)
+                self._scheduler = ContinuousScheduler(
+                    self._adapters, self._model_lock, cache, self.tokenizer, max_waiting=cfg.max_waiting_requests,
+                    pad_id=self._pad_id, eos_ids=self._eos_ids, vocab_size=self._vocab_size, device=self.device,
+                    pixel_dtype=self._pixel_dtype, on_result=self._count,
+                    banned_ids=lambda: self._grammars.banned_ids if self._grammars is not None else None,
+                )
+            return self._scheduler
+
+    @property
+    def kv_cache(self) -> SlotKVCache | None:
+        """The continuous loop's KV cache (None before the first ``submit``)."""
+        return self._scheduler.cache if self._scheduler is not None else None
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token takes in this model (all layers), in the engine's compute dtype."""
+        return kv_bytes_per_token(self._model_config_full, self._kv_dtype)
 
     def _prepare(self, requests: list[GenerationRequest]) -> list[DecodeRow]:
         cfg = self.config
@@ -242,8 +325,12 @@ class InferenceEngine:
             if not done.done():  # gave up: the outcome, when it comes, has no reader
                 done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def close(self) -> None:
-        """Stop the grammar compile threads (queued compiles are dropped; a running one ends on its own)."""
+    def close(self, timeout_s: float = 0.0) -> None:
+        """Stop the continuous loop (waiting up to ``timeout_s`` for its rows, then failing them with
+        ``EngineClosed``) and the grammar compile threads (queued compiles are dropped; a running one ends on
+        its own)."""
+        if self._scheduler is not None:
+            self._scheduler.close(timeout_s)
         if self._grammars is not None:
             self._grammars.close()
 
@@ -283,8 +370,18 @@ class InferenceEngine:
             "grammars_compiled": self._grammars.compiles if self._grammars is not None else 0,
             "grammars_refused": self._grammars.refusals if self._grammars is not None else 0,
             "grammar_compiles_pending": self._grammars.pending if self._grammars is not None else 0,
+            "kv_bytes_per_token": self.kv_bytes_per_token(),
+            **self._continuous_stats(),
             **counters,
         }
+
+    def _continuous_stats(self) -> dict[str, Any]:
+        sched = self._scheduler
+        if sched is None:
+            return {"kv_cache_bytes": 0, "kv_slots": 0, "running_rows": 0, "waiting_rows": 0}
+        return {"kv_cache_bytes": sched.cache.nbytes, "kv_slots": sched.cache.slots,
+                "kv_slot_tokens": sched.cache.slot_tokens, "running_rows": sched.running,
+                "waiting_rows": sched.waiting, **{f"continuous_{k}": v for k, v in vars(sched.stats).items()}}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -18,6 +18,8 @@ __all__ = [
     "InvalidRequest",
     "GrammarCompileTimeout",
     "GrammarCompileBusy",
+    "QueueFull",
+    "EngineClosed",
 ]
 
 
@@ -60,3 +62,11 @@ class GrammarCompileTimeout(EngineError, ValueError):
 class GrammarCompileBusy(EngineError):
     """The compile pool is full, or a compile waited in its queue past the timeout; retrying may work."""
 
+
+
+class QueueFull(EngineError):
+    """``max_waiting_requests`` rows already wait for a KV slot; retrying shortly may work."""
+
+
+class EngineClosed(EngineError):
+    """The engine was closed: it takes no new rows, and rows still waiting when it stopped get this."""

@@ -35,3 +35,7 @@ def test_quantized_base_generates_with_adapter(tiny_base_dir, tokenizer, adapter
     assert engine.generate([requests[0]])[0].text == with_adapter.text
     mem = engine.memory_footprint()
     assert mem["adapters"][ADAPTER_NAMES[0]] > 0 and mem["base_bytes"] > 0
+    # The continuous loop stores K/V in the compute dtype (the embeddings', never quantized) and answers alike.
+    handles = [engine.submit(r) for r in requests]
+    assert [h.future.result(60).text for h in handles] == [with_adapter.text, bare.text]
+    assert engine.kv_cache.dtype == model.get_input_embeddings().weight.dtype

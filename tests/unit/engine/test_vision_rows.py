@@ -67,3 +67,13 @@ def test_images_and_image_tokens_must_match_and_need_a_vision_base(vision, seede
             "text-only"
     with pytest.raises(InvalidRequest, match=match):
         engine.generate([request])
+
+
+def test_image_rows_join_the_continuous_loop_as_they_run_alone(vision):
+    engine, image_prompt, text_prompt, _ = vision
+    rows = [GenerationRequest(prompt=image_prompt, images=[_image("red")], params=PARAMS),
+            GenerationRequest(prompt=text_prompt, params=SamplingParams(max_new_tokens=30, ignore_eos=True)),
+            GenerationRequest(prompt=image_prompt, images=[_image("green", (40, 120))], params=PARAMS)]
+    alone = [engine.generate([r])[0].text for r in rows]
+    handles = [engine.submit(r) for r in rows]
+    assert [h.future.result(60).text for h in handles] == alone

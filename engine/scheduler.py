@@ -1,0 +1,354 @@
+"""Continuous batching: one loop owns the running batch; rows join and leave at step boundaries.
+
+A request becomes a row in a bounded waiting queue (full: :class:`~engine.errors.QueueFull`, which the
+serving layer answers 503 with Retry-After). Before every decode step the loop admits waiting rows into free
+KV slots and prefills them together (right-padded, written from position 0 of their slots); their first token
+comes from the prefill, and from then on they share every decode step with the rows already running. A row
+that finishes (EOS, stop string, grammar done, max_new_tokens) or whose caller cancelled leaves at once: its
+result is delivered, its adapter released and its slot freed (the last running row moves into it, so the
+running rows stay the first ``n`` slots of :class:`~engine.kv_slots.SlotKVCache`).
+
+Each row's tokens depend on its own prompt, adapter, sampling and seed only: its attention sees only its
+own slot, its LoRA delta is its own adapter's (``lora_batch``), and its sampler owns its generator; so a row
+gives the same tokens alone, mixed into a running batch, or joining mid-decode (tested).
+
+Greedy rows are chosen together (one ``argmax`` and one transfer for the batch); sampled rows draw from their
+own seeded generators.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .adapters import BASE_SLOT, AdapterRegistry
+from .constraints import BatchMasker
+from .decode import DecodeRow, vision_inputs
+from .errors import EngineClosed, QueueFull, RequestTooLarge
+from .kv_slots import SlotKVCache
+from .params import GenerationRequest, GenerationResult
+
+__all__ = ["RowHandle", "ContinuousScheduler", "SchedulerStats"]
+
+
+class RowHandle:
+    """A submitted row: its future result and a way to cancel it (its slot is freed at the next step)."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.future: Future[GenerationResult] = Future()
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        """Give up on the row; it leaves the batch at the next step boundary."""
+        self.future.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+
+@dataclass
+class SchedulerStats:
+    """Running totals of the loop."""
+
+    decode_steps: int = 0
+    prefills: int = 0
+    rows_joined_mid_decode: int = 0
+    rows_finished: int = 0
+    rows_cancelled: int = 0
+    rows_failed: int = 0
+    refused_queue_full: int = 0
+    max_running: int = 0
+    recent_batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    handle: RowHandle
+    row: DecodeRow
+    names: set[str]  # adapters pinned for this row
+    slot_name: str  # the PEFT slot the row routes through (BASE_SLOT for the bare base)
+    length: int = 0  # positions written in its KV slot
+    last_token: int = 0
+
+
+class ContinuousScheduler:
+    """The loop thread that runs every submitted row to completion, batching all that are running.
+
+    Args:
+        adapters: the engine's adapter registry (pins, routing, the model).
+        model_lock: held for each forward pass only.
+        cache: the KV slots; its ``slots`` bound the running batch.
+        tokenizer: decodes results.
+        max_waiting: rows that may wait for a slot; one more is refused with :class:`QueueFull`.
+        pad_id, eos_ids, vocab_size, device, pixel_dtype: from the engine.
+        banned_ids: returns the tokens never allowed in constrained rows (or None).
+        on_step: called after each forward (prefill or decode) with the running batch size; for metrics/tests.
+        on_result: called with each delivered result (counters).
+    """
+
+    def __init__(self, adapters: AdapterRegistry, model_lock: threading.RLock, cache: SlotKVCache, tokenizer: Any, *,
+                 max_waiting: int, pad_id: int, eos_ids: set[int], vocab_size: int, device: torch.device,
+                 pixel_dtype: torch.dtype | None = None, banned_ids: Callable[[], torch.Tensor | None] = lambda: None,
+                 on_step: Callable[[int], None] | None = None,
+                 on_result: Callable[[GenerationResult], None] | None = None):
+        self._adapters = adapters
+        self._model_lock = model_lock
+        self.cache = cache
+        self._tokenizer = tokenizer
+        self.max_waiting = max_waiting
+        self._pad_id, self._eos_ids, self._vocab_size = pad_id, eos_ids, vocab_size
+        self._device, self._pixel_dtype = device, pixel_dtype
+        self._banned_ids = banned_ids
+        self._on_step, self._on_result = on_step, on_result
+        self._waiting: collections.deque[_Row] = collections.deque()
+        self._running: list[_Row] = []  # index == KV slot
+        self._cond = threading.Condition()
+        self._closed = False
+        self._abort = False
+        self._thread: threading.Thread | None = None
+        self._masker: BatchMasker | None = None
+        self._router_key: tuple[str, ...] | None = None
+        self._router: Any = None
+        self.stats = SchedulerStats()
+
+    # -- callers ---------------------------------------------------------------------------------------
+
+    def submit(self, row: DecodeRow, request: GenerationRequest, names: set[str], slot_name: str) -> RowHandle:
+        """Queue a prepared row whose adapters (``names``) the caller has already pinned; returns its handle.
+
+        On any refusal the caller still owns the pins.
+
+        Raises:
+            RequestTooLarge: prompt + max_new_tokens does not fit a KV slot (the message names the numbers).
+            QueueFull: ``max_waiting`` rows already wait.
+            EngineClosed: the scheduler was closed.
+        """
+        need = len(row.prompt_ids) + row.params.max_new_tokens
+        if need > self.cache.slot_tokens:
+            raise RequestTooLarge(
+                f"prompt ({len(row.prompt_ids)} tokens) + max_new_tokens ({row.params.max_new_tokens}) = {need} "
+                f"tokens does not fit a KV slot of {self.cache.slot_tokens} tokens "
+                f"({self.cache.bytes_per_token} bytes per token, {self.cache.slots} slots)")
+        handle = RowHandle(request)
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the engine is closed and accepts no new requests")
+            if len(self._waiting) >= self.max_waiting:  # callers who gave up free their places first
+                for r in [r for r in self._waiting if r.handle.cancelled]:
+                    self._waiting.remove(r)
+                    self._finish(r, cancelled=True)
+            if len(self._waiting) >= self.max_waiting:
+                self.stats.refused_queue_full += 1
+                raise QueueFull(f"{len(self._waiting)} requests already wait for a KV slot "
+                                f"(max_waiting_requests {self.max_waiting}); retry shortly")
+            self._waiting.append(_Row(handle, row, names, slot_name))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return handle
+
+    @property
+    def waiting(self) -> int:
+        """Rows waiting for a slot."""
+        with self._cond:
+            return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch."""
+        with self._cond:
+            return len(self._running)
+
+    @property
+    def healthy(self) -> bool:
+        """False once the loop thread has died with rows left."""
+        return self._thread is None or self._thread.is_alive() or self._closed
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        """Refuse new rows; wait up to ``timeout_s`` for queued and running rows, then fail the rest."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            while (self._waiting or self._running) and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            leftovers, self._waiting = list(self._waiting), collections.deque()
+            if self._running:  # the loop fails them at its next step boundary
+                self._abort = True
+                self._cond.notify_all()
+        for r in leftovers:
+            self._finish(r, error=EngineClosed("the engine stopped before this request ran"))
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._running and not self._closed:
+                    self._cond.wait()
+                if self._abort:  # closed and out of time: fail what still runs
+                    failed, self._running = self._running, []
+                elif self._closed and not self._running and not self._waiting:
+                    self._cond.notify_all()
+                    return
+                else:
+                    failed = []
+            if failed:
+                for r in failed:
+                    self._finish(r, error=EngineClosed("the engine stopped before this request finished"))
+                continue
+            with self._cond:
+                joining = []
+                while self._waiting and len(self._running) + len(joining) < self.cache.slots:
+                    r = self._waiting.popleft()
+                    if r.handle.cancelled:
+                        self._finish(r, cancelled=True)
+                        continue
+                    joining.append(r)
+            try:
+                with torch.inference_mode():
+                    if joining:
+                        self._prefill(joining)
+                    if self._running:
+                        self._decode_step()
+            except Exception as exc:  # a failed forward fails the rows in it, never the loop
+                with self._cond:
+                    failed = [*self._running, *(r for r in joining if r not in self._running)]
+                    self._running = []
+                for r in failed:
+                    self._finish(r, error=exc)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _forward(self, rows: list[_Row], input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 logits_to_keep: Any, extra_inputs: dict[str, Any]) -> torch.Tensor:
+        key = tuple(sorted({r.slot_name for r in self._running + rows} - {BASE_SLOT}))
+        if key != self._router_key:  # a new set of adapters in the running batch: route through a new plan
+            self._router, self._router_key = self._adapters.router(list(key)), key
+        with self._model_lock, self._router.step([r.slot_name for r in rows],
+                                                                           self._device) as extra:
+            out = self._adapters.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                       cache=self.cache, use_cache=True, logits_to_keep=logits_to_keep,
+                                       **extra, **extra_inputs)
+        return out.logits
+
+    def _prefill(self, joining: list[_Row]) -> None:
+        start, k = len(self._running), len(joining)
+        lengths = [len(r.row.prompt_ids) for r in joining]
+        width = max(lengths)
+        ids = torch.full((k, width), self._pad_id, dtype=torch.long)
+        for i, r in enumerate(joining):
+            ids[i, :lengths[i]] = torch.tensor(r.row.prompt_ids, dtype=torch.long)
+        positions = torch.arange(width).expand(k, width)
+        last = sorted(set(n - 1 for n in lengths))
+        dtype = self.cache.dtype
+        self.cache.bind(start, positions.to(self._device), width)
+        logits = self._forward(joining, ids.to(self._device), positions.to(self._device),
+                               self.cache.prefill_mask(k, width, dtype, self._device),
+                               torch.tensor(last, device=self._device),
+                               vision_inputs([r.row for r in joining], self._device, self._pixel_dtype))
+        # logits: [k, len(last), vocab]; row i's own last prompt position is column last.index(lengths[i] - 1).
+        picked = logits[torch.arange(k, device=logits.device),
+                        torch.tensor([last.index(n - 1) for n in lengths], device=logits.device)].float()
+        self.stats.prefills += 1
+        if self._running:
+            self.stats.rows_joined_mid_decode += k
+        with self._cond:
+            self._running.extend(joining)
+        for r, n in zip(joining, lengths):
+            r.length = n
+        now = time.monotonic()
+        for r in joining:
+            r.handle.first_token_at = now
+        self._choose(joining, picked)
+
+    def _decode_step(self) -> None:
+        rows = list(self._running)
+        n = len(rows)
+        lengths = torch.tensor([r.length for r in rows], dtype=torch.long)
+        kv_len = int(lengths.max()) + 1
+        self.cache.bind(0, lengths[:, None].to(self._device), kv_len)
+        lengths_d = lengths.to(self._device)
+        logits = self._forward(rows, torch.tensor([[r.last_token] for r in rows], device=self._device),
+                               lengths_d[:, None], self.cache.decode_mask(lengths_d, self.cache.dtype), 1, {})
+        for r in rows:
+            r.length += 1
+        self.stats.decode_steps += 1
+        self.stats.max_running = max(self.stats.max_running, n)
+        self.stats.recent_batch_sizes = [*self.stats.recent_batch_sizes[-31:], n]
+        self._choose(rows, logits[:, -1, :].float())
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick every row's next token from ``logits`` ([rows, vocab], batch order), advance, and retire rows."""
+        constrained = {p: r.row.constraint for p, r in enumerate(rows) if r.row.constraint is not None}
+        if constrained:
+            if self._masker is None:
+                self._masker = BatchMasker(self.cache.slots, self._vocab_size, self._banned_ids())
+            self._masker.apply(logits, constrained)
+        greedy = logits.argmax(dim=-1).tolist()  # one transfer for all greedy rows
+        done = []
+        for p, r in enumerate(rows):
+            sampler = r.row.sampler
+            token = greedy[p] if sampler.generator is None else sampler.choose(logits[p])
+            r.last_token = token
+            if r.row.advance(token, self._eos_ids) or r.handle.cancelled:
+                done.append(p)
+        if self._on_step is not None:
+            self._on_step(len(rows))
+        if done:
+            self._retire([rows[p] for p in done])
+        # Rows cancelled by their callers leave too, wherever they are in the batch.
+        gone = [r for r in self._running if r.handle.cancelled]
+        if gone:
+            self._retire(gone)
+
+    def _retire(self, leaving: list[_Row]) -> None:
+        """Deliver and drop ``leaving`` from the running batch; keep the running rows in slots 0..n-1."""
+        with self._cond:
+            for r in sorted(leaving, key=self._running.index, reverse=True):
+                p = self._running.index(r)
+                last = len(self._running) - 1
+                if p != last:
+                    moved = self._running[last]
+                    self.cache.move(last, p, moved.length)
+                    self._running[p] = moved
+                self._running.pop()
+        for r in leaving:
+            self._finish(r, cancelled=r.handle.cancelled)
+
+    def _finish(self, r: _Row, *, error: BaseException | None = None, cancelled: bool = False) -> None:
+        """Release the row's adapters and deliver its outcome (nothing to deliver to a cancelled caller)."""
+        try:
+            self._adapters.release(r.names)
+        finally:
+            if cancelled or r.handle.cancelled:
+                self.stats.rows_cancelled += 1
+                r.handle.future.cancel()
+            elif error is not None:
+                self.stats.rows_failed += 1
+                _deliver(r.handle.future, error=error)
+            else:
+                self.stats.rows_finished += 1
+                result = r.row.result(self._tokenizer, r.handle.request)
+                if self._on_result is not None:
+                    self._on_result(result)
+                _deliver(r.handle.future, result=result)
+
+
+def _deliver(future: Future, *, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
