@@ -155,6 +155,8 @@ def pool_settings(settings: AppSettings, store: Any, placement: AppPlacement, na
             planned[key] = opts[key]
     if opts.get("user_config"):
         planned["runtime"] = dict(opts["user_config"])
+    if pool.kv_cache_mb:  # the plan's KV share of the replica budget: the engine's continuous KV cache
+        planned["engine"] = {"kv_cache_bytes": pool.kv_cache_mb * 1024 * 1024}
     overrides = _merge(settings.llm, settings.pools.get(name, {}))
     if "num_replicas" in overrides:
         planned.pop("autoscaling_config", None)

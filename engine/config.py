@@ -60,8 +60,12 @@ class EngineConfig(BaseModel):
         description=(
             "Memory of the continuous loop's KV cache, allocated once at its first request: as many slots of "
             "kv_slot_tokens as fit, at most max_batch_size (the planner gives each replica this budget). None: "
-            "max_batch_size slots."
+            "kv_slots slots."
         ),
+    )
+    kv_slots: int | None = Field(
+        None, ge=1,
+        description="Slots of the continuous loop's KV cache when kv_cache_bytes is not given; None: max_batch_size.",
     )
     kv_slot_tokens: int | None = Field(
         None, ge=1,

@@ -39,10 +39,12 @@ class InferenceEngine:
         device: where input tensors go; defaults to the device of the model's first parameter.
         processor: a vision-language base's processor (image processor + tokenizer); requests may then carry
             images, one per image token of the prompt, which it expands into the image's tokens.
+        on_step: called by the continuous loop after each forward with ``(rows, distinct adapters, seconds)``
+            (metrics; in the loop's thread, so quick and never raising).
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *, device: str | None = None,
-                 processor: Any = None):
+                 processor: Any = None, on_step: Callable[[int, int, float], None] | None = None):
         self.config = config or EngineConfig()
         self.tokenizer = tokenizer
         self.processor = processor
@@ -77,6 +79,7 @@ class InferenceEngine:
         # The compute dtype (K/V are stored in it): the input embeddings' (never quantized by bitsandbytes).
         self._kv_dtype = model.get_input_embeddings().weight.dtype
         self._scheduler: ContinuousScheduler | None = None
+        self._on_step = on_step
         self._scheduler_lock = threading.Lock()
 
     # -- adapters ---------------------------------------------------------------------------------
@@ -212,15 +215,29 @@ class InferenceEngine:
                                                    max_slots=cfg.max_batch_size, slot_tokens=slot_tokens,
                                                    dtype=self._kv_dtype, device=self.device)
                 else:
-                    cache = SlotKVCache(self._model_config_full, slots=cfg.max_batch_size, slot_tokens=slot_tokens,
-                                        dtype=self._kv_dtype, device=self.device)
+                    cache = SlotKVCache(self._model_config_full, slots=min(cfg.kv_slots or cfg.max_batch_size,
+                                                                           cfg.max_batch_size),
+                                        slot_tokens=slot_tokens, dtype=self._kv_dtype, device=self.device)
                 self._scheduler = ContinuousScheduler(
                     self._adapters, self._model_lock, cache, self.tokenizer, max_waiting=cfg.max_waiting_requests,
                     pad_id=self._pad_id, eos_ids=self._eos_ids, vocab_size=self._vocab_size, device=self.device,
-                    pixel_dtype=self._pixel_dtype, on_result=self._count,
+                    pixel_dtype=self._pixel_dtype, on_result=self._count, on_step=self._on_step,
                     banned_ids=lambda: self._grammars.banned_ids if self._grammars is not None else None,
                 )
             return self._scheduler
+
+    def set_max_running(self, n: int) -> None:
+        """Let the continuous loop run at most ``n`` rows at once (at most ``max_batch_size``, its KV slots).
+
+        Raises:
+            ValueError: ``n`` is out of range (the message names the slots).
+        """
+        self._continuous().set_max_running(n)
+
+    @property
+    def healthy(self) -> bool:
+        """False once the continuous loop's thread has died; rows submitted then would never run."""
+        return self._scheduler is None or self._scheduler.healthy
 
     @property
     def kv_cache(self) -> SlotKVCache | None:
@@ -380,7 +397,8 @@ class InferenceEngine:
         if sched is None:
             return {"kv_cache_bytes": 0, "kv_slots": 0, "running_rows": 0, "waiting_rows": 0}
         return {"kv_cache_bytes": sched.cache.nbytes, "kv_slots": sched.cache.slots,
-                "kv_slot_tokens": sched.cache.slot_tokens, "running_rows": sched.running,
+                "kv_slot_tokens": sched.cache.slot_tokens, "max_running_rows": sched.max_running,
+                "running_rows": sched.running,
                 "waiting_rows": sched.waiting, **{f"continuous_{k}": v for k, v in vars(sched.stats).items()}}
 
 

@@ -67,6 +67,8 @@ class SchedulerStats:
     rows_failed: int = 0
     refused_queue_full: int = 0
     max_running: int = 0
+    mixed_steps: int = 0  # forwards whose rows used more than one adapter (the bare base counts as one)
+    max_distinct_adapters: int = 0
     recent_batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -91,20 +93,22 @@ class ContinuousScheduler:
         max_waiting: rows that may wait for a slot; one more is refused with :class:`QueueFull`.
         pad_id, eos_ids, vocab_size, device, pixel_dtype: from the engine.
         banned_ids: returns the tokens never allowed in constrained rows (or None).
-        on_step: called after each forward (prefill or decode) with the running batch size; for metrics/tests.
+        on_step: called in the loop thread after each forward (prefill or decode) and its token choice with
+            ``(rows, distinct adapters, seconds)``; for metrics. Must be quick and must not raise.
         on_result: called with each delivered result (counters).
     """
 
     def __init__(self, adapters: AdapterRegistry, model_lock: threading.RLock, cache: SlotKVCache, tokenizer: Any, *,
                  max_waiting: int, pad_id: int, eos_ids: set[int], vocab_size: int, device: torch.device,
                  pixel_dtype: torch.dtype | None = None, banned_ids: Callable[[], torch.Tensor | None] = lambda: None,
-                 on_step: Callable[[int], None] | None = None,
+                 on_step: Callable[[int, int, float], None] | None = None,
                  on_result: Callable[[GenerationResult], None] | None = None):
         self._adapters = adapters
         self._model_lock = model_lock
         self.cache = cache
         self._tokenizer = tokenizer
         self.max_waiting = max_waiting
+        self.max_running = cache.slots  # lowered by set_max_running (a replica's runtime batch size)
         self._pad_id, self._eos_ids, self._vocab_size = pad_id, eos_ids, vocab_size
         self._device, self._pixel_dtype = device, pixel_dtype
         self._banned_ids = banned_ids
@@ -118,6 +122,7 @@ class ContinuousScheduler:
         self._masker: BatchMasker | None = None
         self._router_key: tuple[str, ...] | None = None
         self._router: Any = None
+        self._step_started, self._step_distinct = 0.0, 0
         self.stats = SchedulerStats()
 
     # -- callers ---------------------------------------------------------------------------------------
@@ -156,6 +161,18 @@ class ContinuousScheduler:
                 self._thread.start()
             self._cond.notify()
         return handle
+
+    def set_max_running(self, n: int) -> None:
+        """Run at most ``n`` rows at once from the next step on (rows above it finish; none are cut).
+
+        Raises:
+            ValueError: ``n`` is below 1 or above the cache's slots.
+        """
+        if not 1 <= n <= self.cache.slots:
+            raise ValueError(f"max running rows ({n}) must be between 1 and the KV cache's slots ({self.cache.slots})")
+        with self._cond:
+            self.max_running = n
+            self._cond.notify_all()
 
     @property
     def waiting(self) -> int:
@@ -209,7 +226,8 @@ class ContinuousScheduler:
                 continue
             with self._cond:
                 joining = []
-                while self._waiting and len(self._running) + len(joining) < self.cache.slots:
+                room = min(self.cache.slots, self.max_running)
+                while self._waiting and len(self._running) + len(joining) < room:
                     r = self._waiting.popleft()
                     if r.handle.cancelled:
                         self._finish(r, cancelled=True)
@@ -235,6 +253,10 @@ class ContinuousScheduler:
         key = tuple(sorted({r.slot_name for r in self._running + rows} - {BASE_SLOT}))
         if key != self._router_key:  # a new set of adapters in the running batch: route through a new plan
             self._router, self._router_key = self._adapters.router(list(key)), key
+        distinct = len({r.slot_name for r in rows})
+        self._step_started, self._step_distinct = time.monotonic(), distinct
+        self.stats.mixed_steps += distinct > 1
+        self.stats.max_distinct_adapters = max(self.stats.max_distinct_adapters, distinct)
         with self._model_lock, self._router.step([r.slot_name for r in rows],
                                                                            self._device) as extra:
             out = self._adapters.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
@@ -304,7 +326,10 @@ class ContinuousScheduler:
             if r.row.advance(token, self._eos_ids) or r.handle.cancelled:
                 done.append(p)
         if self._on_step is not None:
-            self._on_step(len(rows))
+            try:
+                self._on_step(len(rows), self._step_distinct, time.monotonic() - self._step_started)
+            except Exception:  # metrics must never stop the loop
+                pass
         if done:
             self._retire([rows[p] for p in done])
         # Rows cancelled by their callers leave too, wherever they are in the batch.

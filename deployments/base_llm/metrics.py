@@ -60,9 +60,10 @@ class LLMMetrics:
             p + "adapter_evictions", description="Adapters evicted by the multiplexing LRU.", tag_keys=("adapter",)
         )
         self.resident_adapters = metrics.Gauge(p + "resident_adapters", description="Adapters resident in the base.")
-        self.queue_depth = metrics.Gauge(p + "queue_depth", description="Requests waiting in the replica batcher.")
+        self.queue_depth = metrics.Gauge(p + "queue_depth", description="Requests waiting to run: in the static batcher, or for a "
+                                           "KV slot of the continuous loop.")
         self.batch_size = metrics.Histogram(
-            p + "batch_size", description="Requests per engine forward pass.", boundaries=_BATCH_SIZES
+            p + "batch_size", description="Requests (rows) per engine forward pass.", boundaries=_BATCH_SIZES
         )
         self.batch_adapters = metrics.Histogram(
             p + "batch_distinct_adapters",
@@ -70,7 +71,8 @@ class LLMMetrics:
             boundaries=_ADAPTER_COUNTS,
         )
         self.batch_latency = metrics.Histogram(
-            p + "batch_latency_s", description="Seconds one batched generate call took.", boundaries=_LATENCY_S
+            p + "batch_latency_s", description="Seconds one engine forward took: a whole generate call "
+            "(static) or one prefill / decode step (continuous).", boundaries=_LATENCY_S
         )
         self.prompt_tokens = metrics.Counter(
             p + "prompt_tokens", description="Prompt tokens processed.", tag_keys=("adapter",)

@@ -2,12 +2,15 @@
 
 ``deployments/base_llm.py`` wraps this class in a Serve deployment; tests and benchmarks can use it
 directly inside any asyncio loop. A request arrives with the adapter handle its multiplexed model id
-resolved to (or None for the bare base), is counted as using that adapter, waits in the batcher with
-requests for other adapters, and runs in one engine forward pass with them.
+resolved to (or None for the bare base), is counted as using that adapter, and joins the engine's running
+batch at its next decode step (continuous scheduling, the default), sharing every forward pass with requests
+for other adapters; with static scheduling it waits in the replica's batcher for a batch instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import time
 from dataclasses import asdict
@@ -67,8 +70,15 @@ class BaseLLMServer:
             engine_config = engine_config.model_copy(update={"max_prompt_tokens": engine_config.max_prompt_tokens
                                                              + self.vision.tokens_per_image
                                                              * self.vision.max_images_per_request})
+        if engine_config.kv_cache_bytes is None and engine_config.kv_slots is None:
+            # No planned KV budget: as many slots as the runtime batch size (a larger reconfigure is refused).
+            engine_config = engine_config.model_copy(update={"kv_slots": min(settings.runtime.max_batch_size,
+                                                                             engine_config.max_batch_size)})
+        # The continuous loop's steps, recorded in its thread and exported with the gauges (Ray metrics are
+        # not observed from the loop: a step must not wait on them).
+        self._steps: collections.deque[tuple[int, int, float]] = collections.deque(maxlen=4096)
         self.engine = InferenceEngine(loaded.model, loaded.tokenizer, engine_config,
-                                      processor=getattr(loaded, "processor", None))
+                                      processor=getattr(loaded, "processor", None), on_step=self._record_step)
         self.metrics = LLMMetrics()
         self.adapters = AdapterPool(self.store, self.engine, self.base_ref, self.metrics,
                                     verify=settings.verify_adapters, variant=self.variant)
@@ -119,11 +129,17 @@ class BaseLLMServer:
                     # Compiled on the engine's compile pool before the request joins a batch: a slow schema
                     # delays only its own request, never the batch it would have joined.
                     request.grammar = await self.engine.precompile(request.json_schema)
-                self.metrics.set_queue_depth(self.batcher.queued + 1)
-                result = await self.batcher.submit(request)
+                self.metrics.set_queue_depth(self.queue_depth + 1)
+                if self.runtime.scheduling == "continuous":
+                    # Joins the engine's running batch at its next step; a caller that goes away cancels the row.
+                    result = await self.engine.generate_async(request)
+                else:
+                    result = await self.batcher.submit(request)
             finally:
                 await self.adapters.end_use(adapter)
         except Exception as exc:
+            if is_oom(exc) and self.runtime.scheduling == "continuous":
+                self._after_oom(1)  # the step that ran out failed its rows (503, retryable); count each
             error = self._serve_error(exc)
             self.metrics.request_done(tag, time.monotonic() - started, error.error_type)
             if isinstance(error, OverloadedError):
@@ -150,9 +166,19 @@ class BaseLLMServer:
     def export_gauges(self) -> None:
         """Set every gauge again: Ray exports a gauge only when it was set since its last report."""
         self.metrics.set_resident(len(self.adapters.resident()))
-        self.metrics.set_queue_depth(self.batcher.queued)
+        self.metrics.set_queue_depth(self.queue_depth)
+        while self._steps:
+            self.metrics.batch_done(*self._steps.popleft())
         self.metrics.set_loaded(self.loaded.model_dump())
         self._export_free_slots()
+
+    def _record_step(self, rows: int, distinct_adapters: int, seconds: float) -> None:
+        self._steps.append((rows, distinct_adapters, seconds))
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to run: in the static batcher's queue and for a slot of the continuous loop."""
+        return self.batcher.queued + self.engine.stats()["waiting_rows"]
 
     def _track(self, delta: int) -> None:
         self.in_flight += delta
@@ -258,6 +284,7 @@ class BaseLLMServer:
         """
         runtime = runtime if isinstance(runtime, RuntimeConfig) else RuntimeConfig.model_validate(runtime)
         check_runtime_fits(runtime, self.engine.config)
+        self.engine.set_max_running(runtime.max_batch_size)  # first: it refuses more rows than the KV slots
         self.batcher.configure(max_batch_size=runtime.max_batch_size,
                                batch_wait_timeout_s=runtime.batch_wait_timeout_s)
         self.runtime = runtime
@@ -265,14 +292,19 @@ class BaseLLMServer:
         return runtime
 
     def check_health(self) -> None:
-        """Raise when the replica cannot serve (its batching loop died)."""
+        """Raise when the replica cannot serve (its batching loop or the engine's continuous loop died)."""
         if not self.batcher.healthy:
             raise RuntimeError(f"replica {self.replica_id}: the batching loop has stopped")
+        if not self.engine.healthy:
+            raise RuntimeError(f"replica {self.replica_id}: the engine's continuous batching loop has stopped")
 
     async def shutdown(self, timeout_s: float | None = None) -> None:
         """Stop accepting requests and finish the queued ones (up to ``timeout_s``)."""
-        await self.batcher.close(self.settings.graceful_shutdown_timeout_s if timeout_s is None else timeout_s)
-        self.engine.close()
+        timeout_s = self.settings.graceful_shutdown_timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        await self.batcher.close(timeout_s)
+        # The continuous loop's rows get what is left of the grace period, then fail with a 503.
+        await asyncio.to_thread(self.engine.close, max(0.0, timeout_s - (time.monotonic() - started)))
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready counters: adapter loads and evictions, residency, batch composition, engine stats."""
@@ -287,7 +319,7 @@ class BaseLLMServer:
             "engine_adapter_loads": self.adapters.engine_loads,
             "adapter_evictions": dict(self.adapters.evictions),
             "resident_adapters": self.adapters.resident(),
-            "queue_depth": self.batcher.queued,
+            "queue_depth": self.queue_depth,
             "batches": asdict(self.batcher.stats),
             "metrics": self.metrics.snapshot(),
             "engine": self.engine.stats(),

@@ -25,14 +25,25 @@ class RuntimeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    scheduling: Literal["continuous", "static"] = Field(
+        "continuous",
+        description=(
+            "'continuous': requests join the engine's running batch at the next decode step and leave when done "
+            "(engine/scheduler.py); 'static': the replica's batcher gathers a batch (batch_wait_timeout_s) and "
+            "runs it to completion while later requests wait. Switchable at runtime; in-flight requests finish "
+            "where they started."
+        ),
+    )
     max_batch_size: int = Field(
-        8, ge=1, description="Most requests gathered into one engine forward pass (any mix of adapters)."
+        8, ge=1, description="Most requests in one engine forward pass (any mix of adapters): the rows running at "
+        "once (continuous) or gathered into one batch (static)."
     )
     batch_wait_timeout_s: float = Field(
         0.02,
         ge=0.0,
         le=10.0,
-        description="How long the batcher waits after the first queued request for more to join its batch.",
+        description="How long the static batcher waits after the first queued request for more to join its batch "
+        "(unused by continuous scheduling: a request joins at the next step).",
     )
     max_num_models_per_replica: int = Field(
         4,

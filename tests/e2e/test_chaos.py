@@ -68,13 +68,14 @@ def _kill_one_replica(cluster, how: str) -> tuple[str, float]:
     return name, float(killed_at)
 
 
-async def _load(cluster, stop_at: float, log: list) -> None:
+async def _load(cluster, stop_at: list[float], log: list) -> None:
+    """Callers post until ``stop_at[0]`` (moved once the kill happened, however long the kill took)."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     bodies = {a: get_spec(a).example.model_dump(mode="json") for a in AGENTS}
     async with httpx.AsyncClient(base_url=cluster.url, headers=headers, timeout=120) as client:
         async def caller(i: int) -> None:
             n = 0
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at[0]:
                 agent = AGENTS[(i + n) % len(AGENTS)]
                 n += 1
                 started = time.monotonic()
@@ -109,11 +110,15 @@ def test_killing_a_pool_replica_under_load_loses_no_request_and_health_recovers(
 
     async def scenario() -> tuple[float, str]:
         start = time.monotonic()
-        load = asyncio.create_task(_load(cluster, start + LOAD_S, requests))
-        watch = asyncio.create_task(_health(cluster, start + LOAD_S + 240, health))
+        # The load runs LOAD_S - KILL_AFTER_S past the kill itself: the killing process joins the cluster first,
+        # which took longer than the whole load on a busy CI machine (no request was left after the kill).
+        stop_at = [start + 600.0]
+        load = asyncio.create_task(_load(cluster, stop_at, requests))
+        watch = asyncio.create_task(_health(cluster, start + 600.0, health))
         await asyncio.sleep(KILL_AFTER_S)
         victim, killed_wall = await asyncio.to_thread(_kill_one_replica, cluster, how)
         killed_at = time.monotonic() - (time.time() - killed_wall)
+        stop_at[0] = killed_at + LOAD_S - KILL_AFTER_S
         await load
         # keep watching until health is ok again after having been degraded (or the watch ends)
         while not watch.done():

@@ -54,18 +54,27 @@ def test_each_adapter_loads_once_on_one_replica(llm_app):
         assert after["engine_adapter_loads"][pinned] == warm["engine_adapter_loads"][pinned]
 
 
-def test_requests_for_different_adapters_share_one_forward_pass(llm_app):
-    llm_app.deploy(INITIAL_RUNTIME)
-    before = llm_app.stats()["batches"]
+@pytest.mark.parametrize("scheduling", ["continuous", "static"])
+def test_requests_for_different_adapters_share_one_forward_pass(llm_app, scheduling):
+    llm_app.deploy({**INITIAL_RUNTIME, "scheduling": scheduling})
+    before = llm_app.stats()
     model_ids = [*PINNED, ""] * 2  # "" is the bare base
-    outs = _results([llm_app.generate(model_id) for model_id in model_ids])
-    after = llm_app.stats()["batches"]
+    # Long enough replies (EOS ignored) that every request is still decoding when the last one arrives.
+    outs = _results([llm_app.generate(model_id, max_new_tokens=48, ignore_eos=True) for model_id in model_ids])
+    after = llm_app.stats()
 
     assert [o["model_id"] for o in outs] == model_ids
     assert [o["adapter"] for o in outs] == [PINNED.get(m) for m in model_ids]
-    assert after["mixed_batches"] > before["mixed_batches"]
-    assert after["max_distinct_keys"] >= 2
-    assert after["items"] - before["items"] == len(model_ids)
+    assert after["engine"]["rows"] - before["engine"]["rows"] == len(model_ids)
+    if scheduling == "static":
+        assert after["batches"]["mixed_batches"] > before["batches"]["mixed_batches"]
+        assert after["batches"]["max_distinct_keys"] >= 2
+        assert after["batches"]["items"] - before["batches"]["items"] == len(model_ids)
+    else:  # joined the running batch: decode steps mixed adapters, and the static batcher never ran
+        engine, was = after["engine"], before["engine"]
+        assert engine["continuous_mixed_steps"] > was.get("continuous_mixed_steps", 0)
+        assert engine["continuous_max_distinct_adapters"] >= 2
+        assert after["batches"]["items"] == before["batches"]["items"]
 
 
 def test_lru_evicts_and_unloads_then_reloads_on_demand(llm_app):
@@ -94,18 +103,25 @@ def test_reconfigure_changes_batch_size_without_restart(llm_app):
     llm_app.deploy(INITIAL_RUNTIME)
     replica = llm_app.stats()["replica_id"]
 
-    llm_app.deploy({**INITIAL_RUNTIME, "max_batch_size": 2})
+    llm_app.deploy({**INITIAL_RUNTIME, "max_batch_size": 2, "scheduling": "static"})
     before = llm_app.stats()
     assert before["replica_id"] == replica
-    assert before["runtime"]["max_batch_size"] == 2
+    assert before["runtime"]["max_batch_size"] == 2 and before["engine"]["max_running_rows"] == 2
     _results([llm_app.generate(m) for m in [*PINNED, *PINNED]])
     after = llm_app.stats()
     new_batches = after["batches"]["batches"] - before["batches"]["batches"]
     assert new_batches >= 3  # six requests, at most two per batch
     assert max(after["batches"]["recent_batch_sizes"][-new_batches:]) <= 2
 
+    # The continuous loop runs at most two rows at once too: the others wait for a slot.
+    llm_app.deploy({**INITIAL_RUNTIME, "max_batch_size": 2, "scheduling": "continuous"})
+    _results([llm_app.generate(m, max_new_tokens=24, ignore_eos=True) for m in [*PINNED, *PINNED]])
+    engine = llm_app.stats()["engine"]
+    assert max(engine["continuous_recent_batch_sizes"]) <= 2  # the last 32 steps: all of these requests
+
     llm_app.deploy(INITIAL_RUNTIME)
-    assert llm_app.stats()["replica_id"] == replica
+    stats = llm_app.stats()
+    assert stats["replica_id"] == replica and stats["engine"]["max_running_rows"] == 8
 
 
 @pytest.mark.parametrize(
@@ -184,7 +200,7 @@ def test_deleting_the_app_lets_queued_requests_finish(serve_cluster, model_store
         "store_root": str(model_store),
         "deployment_name": "DrainLLM",
         "ray_actor_options": {"num_cpus": 1},
-        "runtime": {"max_batch_size": 8, "batch_wait_timeout_s": 2.0},
+        "runtime": {"max_batch_size": 8, "batch_wait_timeout_s": 2.0, "scheduling": "static"},
     }
     handle = serve.run(build_base_llm(settings), name="llm-drain", route_prefix="/drain")
     model_ids = [*PINNED, ""]
@@ -209,7 +225,7 @@ def test_the_streamed_call_beats_then_answers_as_generate_does(llm_app):
     from deployments.base_llm.client import pool_call
 
     # The batcher waits 1 s for a fuller batch: heartbeats every 0.1 s must arrive meanwhile.
-    llm_app.deploy({**INITIAL_RUNTIME, "batch_wait_timeout_s": 1.0})
+    llm_app.deploy({**INITIAL_RUNTIME, "batch_wait_timeout_s": 1.0, "scheduling": "static"})
     model_id = next(iter(PINNED))
     body = {"prompt": "[INST] Summarise the news [/INST]", "max_new_tokens": 3, "temperature": 0}
     stream = llm_app.handle.options(multiplexed_model_id=model_id, stream=True).generate_stream.remote(body, 0.1)

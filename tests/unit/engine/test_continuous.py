@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from engine import EngineConfig, GenerationRequest, InferenceEngine, SamplingParams
 from engine.errors import AdapterNotLoaded, QueueFull, RequestTooLarge
@@ -189,3 +190,24 @@ def test_the_kv_cache_is_allocated_once(loaded_engine, tokenizer, monkeypatch):
         h.future.result(60)
     assert [t.untyped_storage().data_ptr() for t in [*cache.keys, *cache.values]] == storage
     assert cache.nbytes == loaded_engine.stats()["kv_cache_bytes"]
+
+
+def test_a_failed_forward_fails_its_rows_and_the_loop_serves_on(base_model, tokenizer, monkeypatch):
+    engine = InferenceEngine(base_model, tokenizer)
+    real = base_model.forward
+    broken = {"on": True}
+
+    def forward(*args, **kwargs):
+        if broken["on"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base_model, "forward", forward)
+    doomed = [engine.submit(_request(tokenizer, i, adapter=None)) for i in range(3)]
+    for handle in doomed:
+        with pytest.raises(torch.OutOfMemoryError):
+            handle.future.result(30)
+    broken["on"] = False
+    assert engine.submit(_request(tokenizer, 5, adapter=None, tokens=3)).future.result(30).completion_tokens == 3
+    stats = engine.stats()
+    assert stats["continuous_rows_failed"] == 3 and stats["running_rows"] == 0 and engine.healthy

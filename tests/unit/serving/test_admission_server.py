@@ -81,7 +81,7 @@ def test_a_slow_compile_holds_neither_a_free_text_request_nor_another_schema(ser
     assert free.completion_tokens >= 1
     assert other.text.startswith("{") and slow.text.startswith("{")
     assert server.engine.stats()["grammars_compiled"] == 2
-    assert server.batcher.stats.items == 3
+    assert server.engine.stats()["rows"] == 3
 
 
 def test_a_schema_nested_700_deep_is_refused_before_it_compiles(server, held_compiles):
@@ -94,7 +94,7 @@ def test_a_schema_nested_700_deep_is_refused_before_it_compiles(server, held_com
     with pytest.raises(LimitExceededError, match=r"max_schema_depth \(32\)") as caught:
         asyncio.run(server.generate({**BODY, "json_schema": deep}))
     assert caught.value.status_code == 400
-    assert held_compiles.compiled == [] and server.batcher.stats.items == 0
+    assert held_compiles.compiled == [] and server.engine.stats()["rows"] == 0
 
 
 def test_a_compile_past_the_timeout_is_a_400_naming_it_and_the_schema_is_refused_from_then_on(

@@ -211,6 +211,11 @@ def test_placement_then_llm_then_pool_args(seeded_store_root):
     assert full.ray_actor_options["memory"] == placement.pools["BaseLLM-fp32"].memory_budget_mb * 1024 * 1024
     assert full.runtime.max_batch_size == 8 and int8.runtime.max_batch_size == 4
     assert int8.runtime.max_num_models_per_replica == 2  # analyst + re_ranker
+    # The continuous loop's KV cache is the plan's KV share of the budget, and holds the planned sequences.
+    kv_mb = placement.pools["BaseLLM-fp32"].kv_cache_mb
+    assert kv_mb and full.engine.kv_cache_bytes == kv_mb * 1024 * 1024
+    per_sequence = (full.engine.max_prompt_tokens + full.engine.max_new_tokens_limit) * 2048  # tiny fp32: 2 KiB/token
+    assert full.engine.kv_cache_bytes // per_sequence == full.runtime.max_batch_size
     with pytest.raises(ValueError, match=r"llm args \['deployment_name'\] are set by the placement"):
         AppSettings(llm={"deployment_name": "X"})
     with pytest.raises(AppBuildError, match="pool names are 'BaseLLM-<variant>'"):

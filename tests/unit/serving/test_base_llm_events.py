@@ -45,7 +45,9 @@ def test_a_new_version_loaded_where_another_served_is_a_hot_swap_and_a_failed_on
     assert not totals["oom_events"]
 
 
-def test_out_of_memory_is_a_retryable_503_counted_per_variant_and_rows_are_retried_alone(server, monkeypatch):
+def test_out_of_memory_is_a_retryable_503_counted_per_variant_and_rows_are_retried_alone(store, monkeypatch):
+    # The static batcher's recovery: a batch that ran out of memory is retried row by row.
+    server = BaseLLMServer(BaseLLMSettings(store_root=str(store.root), runtime={"scheduling": "static"}))
     real = server.engine.generate
     calls: list[int] = []
 

@@ -213,7 +213,7 @@ HTTP_CASES = {
 @pytest.mark.parametrize("case", sorted(HTTP_CASES))
 def test_each_limit_over_http_is_a_json_4xx_naming_it(http, case):
     route, body, status, error_type, words = HTTP_CASES[case]
-    before = http.llm_server.batcher.stats.items
+    before = http.llm_server.engine.stats()["rows"]
     reply = http.post(route, json=body)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
@@ -221,7 +221,7 @@ def test_each_limit_over_http_is_a_json_4xx_naming_it(http, case):
     for word in words:
         assert word in error["message"], error["message"]
     if case != "agent_prompt_tokens":  # tokens are counted by the engine (in the batch call, before any forward)
-        assert http.llm_server.batcher.stats.items == before  # refused before anything ran
+        assert http.llm_server.engine.stats()["rows"] == before  # refused before anything ran
 
 
 def test_a_schema_at_the_limits_is_served_over_http(http):
