@@ -16,7 +16,7 @@ from transformers import DynamicCache
 from .adapters import BASE_SLOT
 from .constraints import BatchMasker, RowConstraint
 from .params import FinishReason, GenerationRequest, GenerationResult, SamplingParams
-from .sampling import RowSampler, find_stop
+from .sampling import RowSampler, choose_tokens, find_stop
 
 __all__ = ["DecodeRow", "run_decode", "vision_inputs"]
 
@@ -148,14 +148,14 @@ def run_decode(
             logits = out.logits[:, -1, :].float()
             if masker is not None:
                 masker.apply(logits, {p: rows[i].constraint for p, i in enumerate(live) if rows[i].constraint and not finished[i]})
+            chosen = choose_tokens(logits, [rows[i].sampler for i in live])  # one transfer for the batch
             next_tokens = []
             for p, i in enumerate(live):
                 if finished[i]:
                     next_tokens.append(pad_id)
                     continue
-                token = rows[i].sampler.choose(logits[p])
-                finished[i] = rows[i].advance(token, eos_ids)
-                next_tokens.append(token)
+                finished[i] = rows[i].advance(chosen[p], eos_ids)
+                next_tokens.append(chosen[p])
             if on_step is not None:
                 on_step(step)
             step += 1

@@ -12,8 +12,8 @@ Each row's tokens depend on its own prompt, adapter, sampling and seed only: its
 own slot, its LoRA delta is its own adapter's (``lora_batch``), and its sampler owns its generator; so a row
 gives the same tokens alone, mixed into a running batch, or joining mid-decode (tested).
 
-Greedy rows are chosen together (one ``argmax`` and one transfer for the batch); sampled rows draw from their
-own seeded generators.
+Tokens are chosen for the whole batch at once (``sampling.choose_tokens``: a few tensor ops, one transfer);
+sampled rows draw from their own seeded generators.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .decode import DecodeRow, vision_inputs
 from .errors import EngineClosed, QueueFull, RequestTooLarge
 from .kv_slots import SlotKVCache
 from .params import GenerationRequest, GenerationResult
+from .sampling import choose_tokens
 
 __all__ = ["RowHandle", "ContinuousScheduler", "SchedulerStats"]
 
@@ -317,12 +318,10 @@ class ContinuousScheduler:
             if self._masker is None:
                 self._masker = BatchMasker(self.cache.slots, self._vocab_size, self._banned_ids())
             self._masker.apply(logits, constrained)
-        greedy = logits.argmax(dim=-1).tolist()  # one transfer for all greedy rows
+        chosen = choose_tokens(logits, [r.row.sampler for r in rows])  # one transfer for the batch
         done = []
         for p, r in enumerate(rows):
-            sampler = r.row.sampler
-            token = greedy[p] if sampler.generator is None else sampler.choose(logits[p])
-            r.last_token = token
+            token = r.last_token = chosen[p]
             if r.row.advance(token, self._eos_ids) or r.handle.cancelled:
                 done.append(p)
         if self._on_step is not None:
