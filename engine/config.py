@@ -74,6 +74,17 @@ class EngineConfig(BaseModel):
             "None: max_prompt_tokens + max_new_tokens_limit, so every admitted request fits."
         ),
     )
+    prefix_cache_bytes: int = Field(
+        32 * 1024 * 1024, ge=0,
+        description=(
+            "Memory for prompt blocks the continuous loop keeps to reuse (prefix sharing: an agent's system prompt "
+            "is computed once per adapter); 0 turns it off. Outside the planned KV budget: the per-replica "
+            "context overhead of the plan (cuda_context_mb / cpu_process_overhead_mb) holds it."
+        ),
+    )
+    prefix_block_tokens: int = Field(
+        16, ge=1, description="Tokens per shared prefix block: a prompt shares whole blocks only."
+    )
     lora_kernel: Literal["gathered", "peft"] = Field(
         "gathered",
         description=(

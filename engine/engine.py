@@ -24,6 +24,7 @@ from .decode import DecodeRow, run_decode
 from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
 from .kv_slots import SlotKVCache, kv_bytes_per_token
 from .params import GenerationRequest, GenerationResult
+from .prefix_cache import PrefixCache
 from .scheduler import ContinuousScheduler, RowHandle
 
 __all__ = ["InferenceEngine"]
@@ -218,10 +219,12 @@ class InferenceEngine:
                     cache = SlotKVCache(self._model_config_full, slots=min(cfg.kv_slots or cfg.max_batch_size,
                                                                            cfg.max_batch_size),
                                         slot_tokens=slot_tokens, dtype=self._kv_dtype, device=self.device)
+                prefixes = (PrefixCache(cache, block_tokens=cfg.prefix_block_tokens,
+                                        capacity_bytes=cfg.prefix_cache_bytes) if cfg.prefix_cache_bytes else None)
                 self._scheduler = ContinuousScheduler(
                     self._adapters, self._model_lock, cache, self.tokenizer, max_waiting=cfg.max_waiting_requests,
                     pad_id=self._pad_id, eos_ids=self._eos_ids, vocab_size=self._vocab_size, device=self.device,
-                    pixel_dtype=self._pixel_dtype, on_result=self._count, on_step=self._on_step,
+                    pixel_dtype=self._pixel_dtype, on_result=self._count, on_step=self._on_step, prefixes=prefixes,
                     banned_ids=lambda: self._grammars.banned_ids if self._grammars is not None else None,
                 )
             return self._scheduler
@@ -399,7 +402,8 @@ class InferenceEngine:
         return {"kv_cache_bytes": sched.cache.nbytes, "kv_slots": sched.cache.slots,
                 "kv_slot_tokens": sched.cache.slot_tokens, "max_running_rows": sched.max_running,
                 "running_rows": sched.running,
-                "waiting_rows": sched.waiting, **{f"continuous_{k}": v for k, v in vars(sched.stats).items()}}
+                "waiting_rows": sched.waiting, **{f"continuous_{k}": v for k, v in vars(sched.stats).items()},
+                **({f"prefix_{k}": v for k, v in vars(sched.prefixes.stats).items()} if sched.prefixes else {})}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

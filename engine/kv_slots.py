@@ -113,6 +113,18 @@ class SlotKVCache(Cache):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
+    def read_block(self, slot: int, start: int, length: int) -> torch.Tensor:
+        """A copy of positions ``start .. start + length`` of ``slot``: ``[layers, 2 (K, V), heads, length, dim]``."""
+        return torch.stack([torch.stack([k[slot, :, start:start + length], v[slot, :, start:start + length]])
+                            for k, v in zip(self.keys, self.values)])
+
+    def write_block(self, slot: int, start: int, block: torch.Tensor) -> None:
+        """Copy a :meth:`read_block` block into ``slot`` at ``start``."""
+        length = block.shape[3]
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            k[slot, :, start:start + length] = block[layer, 0]
+            v[slot, :, start:start + length] = block[layer, 1]
+
     def decode_mask(self, lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Additive ``[rows, 1, 1, kv_len]`` mask for a decode step: row r sees positions ``0 .. lengths[r]``."""
         t = torch.arange(self._kv_len, device=lengths.device)
@@ -121,17 +133,19 @@ class SlotKVCache(Cache):
             visible &= t[None, :] > lengths[:, None] - self.sliding_window
         return _additive(visible[:, None, None, :], dtype)
 
-    def prefill_mask(self, rows: int, q_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Additive causal ``[rows, 1, q_len, q_len]`` mask for a prefill written from position 0.
+    def prefill_mask(self, starts: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive causal ``[rows, 1, q_len, kv_len]`` mask for a prefill whose row r starts at ``starts[r]``
+        (the tokens before it are already in the slot: a reused prefix, or none).
 
         Right padding needs no masking of its own: a real query never looks past itself, padded queries
         produce values no one reads, and decode overwrites their K/V.
         """
-        q = torch.arange(q_len, device=device)
-        visible = q[None, :] <= q[:, None]
+        t = torch.arange(self._kv_len, device=starts.device)
+        query = starts[:, None] + torch.arange(q_len, device=starts.device)[None, :]  # [rows, q]
+        visible = t[None, None, :] <= query[:, :, None]
         if self.sliding_window is not None:
-            visible &= q[None, :] > q[:, None] - self.sliding_window
-        return _additive(visible[None, None].expand(rows, 1, q_len, q_len), dtype)
+            visible &= t[None, None, :] > query[:, :, None] - self.sliding_window
+        return _additive(visible[:, None], dtype)
 
     # -- the model's side (transformers' Cache interface) ---------------------------------------------
 

@@ -32,6 +32,7 @@ from .constraints import BatchMasker
 from .decode import DecodeRow, vision_inputs
 from .errors import EngineClosed, QueueFull, RequestTooLarge
 from .kv_slots import SlotKVCache
+from .prefix_cache import PrefixCache
 from .params import GenerationRequest, GenerationResult
 from .sampling import choose_tokens
 
@@ -97,12 +98,14 @@ class ContinuousScheduler:
         on_step: called in the loop thread after each forward (prefill or decode) and its token choice with
             ``(rows, distinct adapters, seconds)``; for metrics. Must be quick and must not raise.
         on_result: called with each delivered result (counters).
+        prefixes: the prefix cache joining rows reuse and fill (None: no prefix sharing).
     """
 
     def __init__(self, adapters: AdapterRegistry, model_lock: threading.RLock, cache: SlotKVCache, tokenizer: Any, *,
                  max_waiting: int, pad_id: int, eos_ids: set[int], vocab_size: int, device: torch.device,
                  pixel_dtype: torch.dtype | None = None, banned_ids: Callable[[], torch.Tensor | None] = lambda: None,
                  on_step: Callable[[int, int, float], None] | None = None,
+                 prefixes: PrefixCache | None = None,
                  on_result: Callable[[GenerationResult], None] | None = None):
         self._adapters = adapters
         self._model_lock = model_lock
@@ -114,6 +117,7 @@ class ContinuousScheduler:
         self._device, self._pixel_dtype = device, pixel_dtype
         self._banned_ids = banned_ids
         self._on_step, self._on_result = on_step, on_result
+        self.prefixes = self._prefixes = prefixes
         self._waiting: collections.deque[_Row] = collections.deque()
         self._running: list[_Row] = []  # index == KV slot
         self._cond = threading.Condition()
@@ -268,21 +272,31 @@ class ContinuousScheduler:
     def _prefill(self, joining: list[_Row]) -> None:
         start, k = len(self._running), len(joining)
         lengths = [len(r.row.prompt_ids) for r in joining]
-        width = max(lengths)
+        # Cached prefix blocks are copied into the slots first; each row then prefills from where they end.
+        starts = [self._reuse_prefix(r, start + i) for i, r in enumerate(joining)]
+        width = max(n - p for n, p in zip(lengths, starts))
         ids = torch.full((k, width), self._pad_id, dtype=torch.long)
         for i, r in enumerate(joining):
-            ids[i, :lengths[i]] = torch.tensor(r.row.prompt_ids, dtype=torch.long)
-        positions = torch.arange(width).expand(k, width)
-        last = sorted(set(n - 1 for n in lengths))
-        dtype = self.cache.dtype
-        self.cache.bind(start, positions.to(self._device), width)
+            ids[i, :lengths[i] - starts[i]] = torch.tensor(r.row.prompt_ids[starts[i]:], dtype=torch.long)
+        first = torch.tensor(starts, dtype=torch.long)
+        positions = first[:, None] + torch.arange(width)[None, :]
+        # Padded queries past a row's prompt write into positions decode overwrites later (clamped to the slot).
+        write = positions.clamp(max=self.cache.slot_tokens - 1)
+        kv_len = int(write.max()) + 1
+        last = sorted(set(n - p - 1 for n, p in zip(lengths, starts)))
+        self.cache.bind(start, write.to(self._device), kv_len)
         logits = self._forward(joining, ids.to(self._device), positions.to(self._device),
-                               self.cache.prefill_mask(k, width, dtype, self._device),
+                               self.cache.prefill_mask(first.to(self._device), width, self.cache.dtype),
                                torch.tensor(last, device=self._device),
                                vision_inputs([r.row for r in joining], self._device, self._pixel_dtype))
-        # logits: [k, len(last), vocab]; row i's own last prompt position is column last.index(lengths[i] - 1).
+        if self._prefixes is not None:
+            for i, r in enumerate(joining):
+                if r.row.vision is None:
+                    self._prefixes.store(r.slot_name, r.row.prompt_ids, start + i)
+        # logits: [k, len(last), vocab]; row i's own last prompt token is column last.index(its query index).
         picked = logits[torch.arange(k, device=logits.device),
-                        torch.tensor([last.index(n - 1) for n in lengths], device=logits.device)].float()
+                        torch.tensor([last.index(n - p - 1) for n, p in zip(lengths, starts)],
+                                     device=logits.device)].float()
         self.stats.prefills += 1
         if self._running:
             self.stats.rows_joined_mid_decode += k
@@ -294,6 +308,12 @@ class ContinuousScheduler:
         for r in joining:
             r.handle.first_token_at = now
         self._choose(joining, picked)
+
+    def _reuse_prefix(self, r: _Row, slot: int) -> int:
+        """Copy ``r``'s cached prefix blocks into ``slot``; the prompt tokens they cover (0 without a hit)."""
+        if self._prefixes is None or r.row.vision is not None:
+            return 0
+        return self._prefixes.copy_in(r.slot_name, r.row.prompt_ids, slot)
 
     def _decode_step(self) -> None:
         rows = list(self._running)

@@ -211,3 +211,50 @@ def test_a_failed_forward_fails_its_rows_and_the_loop_serves_on(base_model, toke
     assert engine.submit(_request(tokenizer, 5, adapter=None, tokens=3)).future.result(30).completion_tokens == 3
     stats = engine.stats()
     assert stats["continuous_rows_failed"] == 3 and stats["running_rows"] == 0 and engine.healthy
+
+
+SYSTEM = "You are the newsroom's critic. " + "Judge the draft for accuracy, sourcing and tone. " * 6
+
+
+def _agent_request(tokenizer, user: str, adapter: str | None, tokens: int = 12) -> GenerationRequest:
+    prompt = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+                                           tokenize=False)
+    return GenerationRequest(prompt=prompt, adapter=adapter, params=SamplingParams(max_new_tokens=tokens))
+
+
+def test_a_shared_system_prompt_is_computed_once_per_adapter(loaded_engine, tokenizer):
+    adapter, other = ADAPTER_NAMES[0], ADAPTER_NAMES[1]
+    rows = [_agent_request(tokenizer, u, a) for u, a in
+            [("First draft about the council.", adapter), ("Second draft, on the budget vote.", adapter),
+             ("Third draft, on the flood.", other), ("Fourth draft, on the match.", adapter)]]
+    alone = [loaded_engine.generate([r])[0].text for r in rows]
+    texts = [loaded_engine.submit(r).future.result(60).text for r in rows]  # one after another
+    assert texts == alone  # reused K/V gives the tokens a full prefill gives
+    stats = loaded_engine.stats()
+    block = loaded_engine.config.prefix_block_tokens
+    system_blocks = len(tokenizer(rows[0].prompt, add_special_tokens=False)["input_ids"][:60]) // block
+    assert stats["prefix_lookups"] == 4
+    # The 2nd and 4th rows reuse the adapter's system prompt; the 3rd (another adapter) computes its own.
+    assert stats["prefix_hits"] == 2 and stats["prefix_reused_tokens"] >= 2 * system_blocks * block
+    assert stats["prefix_cached_bytes"] == stats["prefix_cached_blocks"] * block * loaded_engine.kv_bytes_per_token()
+
+
+def test_the_prefix_cache_stays_within_its_budget(base_model, tokenizer):
+    per_block = InferenceEngine(base_model, tokenizer).kv_bytes_per_token() * 16
+    engine = InferenceEngine(base_model, tokenizer, EngineConfig(prefix_cache_bytes=5 * per_block))
+    for i in range(6):
+        engine.submit(_agent_request(tokenizer, f"Draft number {i} " * 8, None, tokens=2)).future.result(30)
+    stats = engine.stats()
+    # The system prompt's first five blocks fill the budget: every later request reuses them, and none of
+    # a prompt's own blocks is evicted for a deeper one of the same prompt.
+    assert stats["prefix_cached_blocks"] == 5 and stats["prefix_cached_bytes"] == 5 * per_block
+    assert stats["prefix_hits"] == 5 and stats["prefix_reused_tokens"] == 5 * 5 * 16
+    assert stats["prefix_evicted_blocks"] == 0
+    # Another prompt family takes the space of the least recently used blocks.
+    other = GenerationRequest(prompt=chat(tokenizer, "An unrelated request about the weather " * 6),
+                              params=SamplingParams(max_new_tokens=2))
+    engine.submit(other).future.result(30)
+    stats = engine.stats()
+    assert stats["prefix_evicted_blocks"] > 0 and stats["prefix_cached_bytes"] <= 5 * per_block
+    assert engine.submit(other).future.result(30).completion_tokens == 2
+    assert engine.stats()["prefix_hits"] == 6
