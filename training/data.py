@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ValidationError
 
@@ -53,19 +53,46 @@ def answer_text(output: BaseModel) -> str:
     return json.dumps(output.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
 
 
-def _record(spec: AgentSpec, raw: str, path: Path, line: int) -> Record:
+def jsonl_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """``(1-based line number, text)`` of every non-blank line of a UTF-8 JSONL file.
+
+    Raises:
+        DataError: the file cannot be read (``cannot read <what>``) or is not UTF-8.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(path, None, f"cannot read {what}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return ((number, raw) for number, raw in enumerate(lines, start=1) if raw.strip())
+
+
+def json_record(raw: str, path: Path, line: int, fields: tuple[str, ...]) -> dict[str, Any]:
+    """One JSONL line as an object holding exactly ``fields`` (and optionally ``meta``).
+
+    Raises:
+        DataError: invalid JSON, not an object, a missing or an unknown field (file and line named).
+    """
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DataError(path, line, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(data, dict):
-        raise DataError(path, line, f"expected a JSON object with 'input' and 'output', got {type(data).__name__}")
-    missing = [k for k in ("input", "output") if k not in data]
+        raise DataError(path, line, f"expected a JSON object with {list(fields)}, got {type(data).__name__}")
+    missing = [k for k in fields if k not in data]
     if missing:
-        raise DataError(path, line, f"missing field(s) {missing}; a record is {{\"input\": ..., \"output\": ...}}")
-    extra = sorted(set(data) - {"input", "output", "meta"})
+        shape = ", ".join(f'"{k}": ...' for k in fields)
+        raise DataError(path, line, f"missing field(s) {missing}; a record is {{{shape}}}")
+    extra = sorted(set(data) - {*fields, "meta"})
     if extra:
-        raise DataError(path, line, f"unknown field(s) {extra}; allowed: input, output, meta")
+        raise DataError(path, line, f"unknown field(s) {extra}; allowed: {', '.join(fields)}, meta")
+    return data
+
+
+def _record(spec: AgentSpec, raw: str, path: Path, line: int) -> Record:
+    data = json_record(raw, path, line, ("input", "output"))
     try:
         inp = spec.input_model.model_validate(data["input"])
     except ValidationError as exc:
@@ -87,18 +114,10 @@ def read_records(spec: AgentSpec, paths: list[Path], limit: int | None = None) -
     """
     records: list[Record] = []
     for path in paths:
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise DataError(path, None, f"cannot read training file: {exc.strerror or exc}") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        for number, raw in enumerate(lines, start=1):
-            if raw.strip():
-                records.append(_record(spec, raw, path, number))
-                if limit is not None and len(records) >= limit:
-                    return records
+        for number, raw in jsonl_lines(path, "training file"):
+            records.append(_record(spec, raw, Path(path), number))
+            if limit is not None and len(records) >= limit:
+                return records
     if not records:
         raise DataError(", ".join(str(p) for p in paths), None, "no records (every line is blank)")
     return records

@@ -36,6 +36,7 @@ from deployments.errors import ServeError
 from deployments.limits import LIMITS, AdmissionLimits
 from deployments.vision import admit_image
 
+from .data import json_record, jsonl_lines
 from .errors import DataError
 
 __all__ = ["KINDS", "WORDS", "KIND_PHRASES", "INSTRUCTION", "DEFAULT_SIZE", "VisionTarget", "VisionRecord",
@@ -332,19 +333,7 @@ def _image_path(value: object, root: Path, path: Path, line: int) -> Path:
 
 
 def _vision_record(raw: str, root: Path, path: Path, line: int, limits: AdmissionLimits) -> VisionRecord:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise DataError(path, line, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise DataError(path, line, f"expected a JSON object with {list(_RECORD_FIELDS)}, got {type(data).__name__}")
-    missing = [k for k in _RECORD_FIELDS if k not in data]
-    if missing:
-        raise DataError(path, line, f"missing field(s) {missing}; a record is "
-                                    f"{{\"image\": ..., \"text\": ..., \"target\": ...}}")
-    extra = sorted(set(data) - {*_RECORD_FIELDS, "meta"})
-    if extra:
-        raise DataError(path, line, f"unknown field(s) {extra}; allowed: image, text, target, meta")
+    data = json_record(raw, path, line, _RECORD_FIELDS)
     if not isinstance(data["text"], str) or not data["text"].strip():
         raise DataError(path, line, f"text must be a non-empty string, got {data['text']!r}")
     try:
@@ -379,13 +368,7 @@ def load_vision_jsonl(path: Path, root: Path | None = None, limits: AdmissionLim
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(path, None, f"cannot read vision data: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    records = [_vision_record(raw, root, path, n, limits) for n, raw in enumerate(lines, start=1) if raw.strip()]
+    records = [_vision_record(raw, root, path, n, limits) for n, raw in jsonl_lines(path, "vision data")]
     if not records:
         raise DataError(path, None, "no records (every line is blank)")
     return records
