@@ -273,13 +273,10 @@ class EngineRunner:
         self.steps.append(time.perf_counter())  # after the step's token transfer: the device is done
 
     def continuous(self, requests: list, new_tokens: int) -> dict:
-        sched = self.engine._continuous()
         before = self.engine.stats()
         self.steps = []
         t0 = self.clock()
-        # Held while submitting: the loop cannot take the first rows before the last is queued, so all join at once.
-        with sched._cond:
-            handles = [self.engine.submit(r) for r in requests]
+        handles = self.engine.submit_many(requests)  # queued together: all join one prefill
         results = [h.future.result() for h in handles]
         end = self.clock()
         after = self.engine.stats()

@@ -183,13 +183,24 @@ class InferenceEngine:
             QueueFull: ``max_waiting_requests`` rows already wait (503).
             EngineClosed: after ``close``.
         """
-        row = self._prepare([request])[0]
-        names = {request.adapter} if request.adapter is not None else set()
-        slots = self._adapters.acquire(names)
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: list[GenerationRequest]) -> list[RowHandle]:
+        """``submit`` for several requests at once, all or none: as many as there are free slots join one prefill
+        (benchmarks and batch jobs). Same refusals as ``submit``; one bad request refuses them all."""
+        rows = [self._prepare([request])[0] for request in requests]
+        pinned: list[set[str]] = []
         try:
-            return self._continuous().submit(row, request, names, slots.get(request.adapter, BASE_SLOT))
+            items = []
+            for row, request in zip(rows, requests):
+                names = {request.adapter} if request.adapter is not None else set()
+                slots = self._adapters.acquire(names)
+                pinned.append(names)
+                items.append((row, request, names, slots.get(request.adapter, BASE_SLOT)))
+            return self._continuous().submit_many(items)
         except BaseException:
-            self._adapters.release(names)
+            for names in pinned:
+                self._adapters.release(names)
             raise
 
     async def generate_async(self, request: GenerationRequest) -> GenerationResult:
@@ -398,10 +409,10 @@ class InferenceEngine:
     def _continuous_stats(self) -> dict[str, Any]:
         sched = self._scheduler
         if sched is None:
-            return {"kv_cache_bytes": 0, "kv_slots": 0, "running_rows": 0, "waiting_rows": 0}
+            return {"kv_cache_bytes": 0, "kv_slots": 0, "running_rows": 0, "waiting_rows": 0, "loop_alive": False}
         return {"kv_cache_bytes": sched.cache.nbytes, "kv_slots": sched.cache.slots,
                 "kv_slot_tokens": sched.cache.slot_tokens, "max_running_rows": sched.max_running,
-                "running_rows": sched.running,
+                "running_rows": sched.running, "loop_alive": sched.loop_alive,
                 "waiting_rows": sched.waiting, **{f"continuous_{k}": v for k, v in vars(sched.stats).items()},
                 **({f"prefix_{k}": v for k, v in vars(sched.prefixes.stats).items()} if sched.prefixes else {})}
 

@@ -117,7 +117,7 @@ class ContinuousScheduler:
         self._device, self._pixel_dtype = device, pixel_dtype
         self._banned_ids = banned_ids
         self._on_step, self._on_result = on_step, on_result
-        self.prefixes = self._prefixes = prefixes
+        self.prefixes = prefixes
         self._waiting: collections.deque[_Row] = collections.deque()
         self._running: list[_Row] = []  # index == KV slot
         self._cond = threading.Condition()
@@ -142,30 +142,37 @@ class ContinuousScheduler:
             QueueFull: ``max_waiting`` rows already wait.
             EngineClosed: the scheduler was closed.
         """
-        need = len(row.prompt_ids) + row.params.max_new_tokens
-        if need > self.cache.slot_tokens:
-            raise RequestTooLarge(
-                f"prompt ({len(row.prompt_ids)} tokens) + max_new_tokens ({row.params.max_new_tokens}) = {need} "
-                f"tokens does not fit a KV slot of {self.cache.slot_tokens} tokens "
-                f"({self.cache.bytes_per_token} bytes per token, {self.cache.slots} slots)")
-        handle = RowHandle(request)
+        return self.submit_many([(row, request, names, slot_name)])[0]
+
+    def submit_many(self, items: list[tuple[DecodeRow, GenerationRequest, set[str], str]]) -> list[RowHandle]:
+        """Queue several prepared rows at once, all or none: the loop sees them together, so as many as there
+        are free slots join the same prefill. Same refusals as :meth:`submit` (the queue bound counts them all)."""
+        for row, _, _, _ in items:
+            need = len(row.prompt_ids) + row.params.max_new_tokens
+            if need > self.cache.slot_tokens:
+                raise RequestTooLarge(
+                    f"prompt ({len(row.prompt_ids)} tokens) + max_new_tokens ({row.params.max_new_tokens}) = {need} "
+                    f"tokens does not fit a KV slot of {self.cache.slot_tokens} tokens "
+                    f"({self.cache.bytes_per_token} bytes per token, {self.cache.slots} slots)")
+        handles = [RowHandle(request) for _, request, _, _ in items]
         with self._cond:
             if self._closed:
                 raise EngineClosed("the engine is closed and accepts no new requests")
-            if len(self._waiting) >= self.max_waiting:  # callers who gave up free their places first
+            if len(self._waiting) + len(items) > self.max_waiting:  # callers who gave up free their places first
                 for r in [r for r in self._waiting if r.handle.cancelled]:
                     self._waiting.remove(r)
                     self._finish(r, cancelled=True)
-            if len(self._waiting) >= self.max_waiting:
-                self.stats.refused_queue_full += 1
+            if len(self._waiting) + len(items) > self.max_waiting:
+                self.stats.refused_queue_full += len(items)
                 raise QueueFull(f"{len(self._waiting)} requests already wait for a KV slot "
                                 f"(max_waiting_requests {self.max_waiting}); retry shortly")
-            self._waiting.append(_Row(handle, row, names, slot_name))
+            for handle, (row, _, names, slot_name) in zip(handles, items):
+                self._waiting.append(_Row(handle, row, names, slot_name))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        return handle
+        return handles
 
     def set_max_running(self, n: int) -> None:
         """Run at most ``n`` rows at once from the next step on (rows above it finish; none are cut).
@@ -190,6 +197,11 @@ class ContinuousScheduler:
         """Rows in the running batch."""
         with self._cond:
             return len(self._running)
+
+    @property
+    def loop_alive(self) -> bool:
+        """Whether the loop thread runs (it starts at the first row and ends after ``close``)."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def healthy(self) -> bool:
@@ -218,17 +230,20 @@ class ContinuousScheduler:
             with self._cond:
                 while not self._waiting and not self._running and not self._closed:
                     self._cond.wait()
-                if self._abort:  # closed and out of time: fail what still runs
-                    failed, self._running = self._running, []
+                if self._abort:  # closed and out of time: fail what is left, and stop
+                    failed = [*self._running, *self._waiting]
+                    self._running, self._waiting = [], collections.deque()
                 elif self._closed and not self._running and not self._waiting:
                     self._cond.notify_all()
                     return
                 else:
-                    failed = []
-            if failed:
+                    failed = None
+            if failed is not None:
                 for r in failed:
                     self._finish(r, error=EngineClosed("the engine stopped before this request finished"))
-                continue
+                with self._cond:
+                    self._cond.notify_all()
+                return
             with self._cond:
                 joining = []
                 room = min(self.cache.slots, self.max_running)
@@ -289,10 +304,10 @@ class ContinuousScheduler:
                                self.cache.prefill_mask(first.to(self._device), width, self.cache.dtype),
                                torch.tensor(last, device=self._device),
                                vision_inputs([r.row for r in joining], self._device, self._pixel_dtype))
-        if self._prefixes is not None:
+        if self.prefixes is not None:
             for i, r in enumerate(joining):
                 if r.row.vision is None:
-                    self._prefixes.store(r.slot_name, r.row.prompt_ids, start + i)
+                    self.prefixes.store(r.slot_name, r.row.prompt_ids, start + i)
         # logits: [k, len(last), vocab]; row i's own last prompt token is column last.index(its query index).
         picked = logits[torch.arange(k, device=logits.device),
                         torch.tensor([last.index(n - p - 1) for n, p in zip(lengths, starts)],
@@ -311,9 +326,9 @@ class ContinuousScheduler:
 
     def _reuse_prefix(self, r: _Row, slot: int) -> int:
         """Copy ``r``'s cached prefix blocks into ``slot``; the prompt tokens they cover (0 without a hit)."""
-        if self._prefixes is None or r.row.vision is not None:
+        if self.prefixes is None or r.row.vision is not None:
             return 0
-        return self._prefixes.copy_in(r.slot_name, r.row.prompt_ids, slot)
+        return self.prefixes.copy_in(r.slot_name, r.row.prompt_ids, slot)
 
     def _decode_step(self) -> None:
         rows = list(self._running)

@@ -258,3 +258,25 @@ def test_the_prefix_cache_stays_within_its_budget(base_model, tokenizer):
     assert stats["prefix_evicted_blocks"] > 0 and stats["prefix_cached_bytes"] <= 5 * per_block
     assert engine.submit(other).future.result(30).completion_tokens == 2
     assert engine.stats()["prefix_hits"] == 6
+
+
+def test_submit_many_queues_all_or_none_and_they_join_one_prefill(base_model, tokenizer):
+    engine = InferenceEngine(base_model, tokenizer, EngineConfig(max_waiting_requests=4))
+    rows = [_request(tokenizer, i, adapter=None, tokens=3) for i in range(4)]
+    assert [h.future.result(30).completion_tokens for h in engine.submit_many(rows)] == [3] * 4
+    assert engine.stats()["continuous_prefills"] == 1
+    with pytest.raises(QueueFull):
+        engine.submit_many([_request(tokenizer, i, adapter=None) for i in range(5)])
+    with pytest.raises(AdapterNotLoaded):  # one bad request refuses them all, and nothing stays pinned
+        engine.submit_many([rows[0], _request(tokenizer, 1, adapter="critic/none@1")])
+    assert engine.stats()["continuous_rows_finished"] == 4 and engine.stats()["waiting_rows"] == 0
+
+
+def test_a_closed_engine_stops_its_loop_thread(base_model, tokenizer):
+    engine = InferenceEngine(base_model, tokenizer, EngineConfig(max_batch_size=1, max_new_tokens_limit=512))
+    engine.submit(_request(tokenizer, 0, adapter=None, tokens=500))
+    _wait(lambda: engine.stats()["running_rows"] == 1)
+    assert engine.stats()["loop_alive"]
+    engine.close(timeout_s=0.0)
+    # The loop thread ends: it used to spin on its empty, closed queue, eating a core until the process ended.
+    _wait(lambda: not engine.stats()["loop_alive"], timeout_s=10)
