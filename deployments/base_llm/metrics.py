@@ -112,6 +112,13 @@ class LLMMetrics:
             p + "plan_mismatch", description="1 when the replica loaded another variant or device than the placement "
             "plan chose for its pool (or more weights than its budget), else 0.",
             tag_keys=("variant", "device", "planned_variant", "planned_device"))
+        self.prefix_reused_tokens = metrics.Counter(
+            p + "prefix_reused_tokens", description="Prompt tokens whose K/V came from the prefix cache (an agent's "
+            "system prompt computed once per adapter) instead of a prefill.")
+        self.kv_running_rows = metrics.Gauge(
+            p + "kv_running_rows", description="Rows the continuous loop is decoding (each holds one KV slot).")
+        self.kv_slots = metrics.Gauge(p + "kv_slots", description="KV slots of the continuous loop's cache.")
+        self._prefix_reported = 0
         self.totals: dict[str, Any] = {
             "preload_failures": _Tally(),
             "adapter_swaps": _Tally(),
@@ -124,6 +131,15 @@ class LLMMetrics:
             "requests": _Tally(),
             "generated_tokens": _Tally(),
         }
+
+    def set_engine(self, stats: dict[str, Any]) -> None:
+        """Export the continuous loop's occupancy and the prefix cache's reuse from ``InferenceEngine.stats()``."""
+        self.kv_running_rows.set(stats.get("running_rows", 0))
+        self.kv_slots.set(stats.get("kv_slots", 0))
+        reused = stats.get("prefix_reused_tokens", 0)
+        if reused > self._prefix_reported:  # Ray counters refuse increments <= 0
+            self.prefix_reused_tokens.inc(reused - self._prefix_reported)
+            self._prefix_reported = reused
 
     def set_loaded(self, report: dict[str, Any]) -> None:
         """Export a :class:`~deployments.base_llm.loaded.LoadedReport` (as a dict)."""

@@ -169,6 +169,7 @@ class BaseLLMServer:
         self.metrics.set_queue_depth(self.queue_depth)
         while self._steps:
             self.metrics.batch_done(*self._steps.popleft())
+        self.metrics.set_engine(self.engine.stats())
         self.metrics.set_loaded(self.loaded.model_dump())
         self._export_free_slots()
 

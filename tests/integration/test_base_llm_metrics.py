@@ -52,6 +52,7 @@ def test_prometheus_shows_adapters_in_ours_and_rays_metrics(llm_app):
         ("ray_justnews_llm_generated_tokens_total", {"adapter": pinned}),
         ("ray_justnews_llm_request_latency_s_count", {"adapter": pinned, "outcome": "ok"}),
         ("ray_justnews_llm_batch_size_count", {}),
+        ("ray_justnews_llm_kv_slots", {}),  # the continuous loop's KV cache, allocated at start
     ]
 
     def missing() -> list[str]:
