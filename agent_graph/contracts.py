@@ -187,6 +187,10 @@ class AgentSpec(Generic[I, O]):
         image_fields: the input's image fields (multimodal agents): strings holding base64 or a ``data:``
             URL, checked by the input model for type and length only; the serving layer admits (decodes)
             them before any model step.
+        system_turn: whether the prompt opens with the system prompt (instructions + the reply's JSON shape).
+            False for an agent whose base was tuned on bare user turns (LLaVA-NeXT-Mistral's chat format
+            has no system turn): its user turn then carries the whole task, and the JSON shape is enforced
+            by the constrained decoding alone.
     """
 
     name: str
@@ -198,6 +202,7 @@ class AgentSpec(Generic[I, O]):
     render: Callable[[I], str] | None = None
     task: Callable[[I], str | None] | None = field(default=None)
     image_fields: tuple[str, ...] = ()
+    system_turn: bool = True
 
     def __post_init__(self) -> None:
         if self.prompted and (self.render is None or not self.instructions):
@@ -270,7 +275,8 @@ class AgentSpec(Generic[I, O]):
             raise InvalidAgentInput(self.name, format_validation_error(exc)) from exc
 
     def build_messages(self, inp: I) -> list[dict[str, str]]:
-        """Chat messages for ``inp``: the system prompt, then the rendered input as the user turn.
+        """Chat messages for ``inp``: the system prompt (unless ``system_turn`` is off), then the rendered input
+        as the user turn.
 
         A multimodal agent's images are not in the messages: a generation request carries them beside, in
         the order of :meth:`images_of`, and the base replica opens the first user turn with one image part
@@ -279,7 +285,8 @@ class AgentSpec(Generic[I, O]):
         if not self.prompted or self.render is None:
             raise ContractError(self.name, "", f"{self.kind} agent {self.name!r} is not prompted")
         inp = self.load_input(inp)
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.render(inp)}]
+        user = {"role": "user", "content": self.render(inp)}
+        return [{"role": "system", "content": self.system_prompt}, user] if self.system_turn else [user]
 
     def prompt(self, inp: I, tokenizer: Any) -> str:
         """The prompt string through ``tokenizer``'s chat template (Mistral folds the system turn into [INST]).
@@ -291,7 +298,7 @@ class AgentSpec(Generic[I, O]):
         messages: list[dict[str, Any]] = self.build_messages(inp)
         if self.kind == "multimodal":
             parts = [{"type": "image"} for _ in self.images_of(self.load_input(inp))]
-            messages[1] = {**messages[1], "content": parts + [{"type": "text", "text": messages[1]["content"]}]}
+            messages[-1] = {**messages[-1], "content": parts + [{"type": "text", "text": messages[-1]["content"]}]}
         return tokenizer.apply_chat_template(messages, tokenize=False)
 
     def task_of(self, inp: I) -> str | None:

@@ -59,10 +59,12 @@ def test_the_input_model_checks_type_and_length_only():
             SPEC.load_input(bad)
 
 
-def test_the_prompt_opens_with_one_image_token_then_the_instruction(vision_tokenizer):
+def test_the_prompt_is_one_user_turn_the_image_token_then_the_instruction(vision_tokenizer):
     prompt = SPEC.prompt(SPEC.example, vision_tokenizer)
     assert prompt.count(IMAGE_TOKEN) == 1
-    assert prompt.startswith(f"<s>[INST] {IMAGE_TOKEN}\n{SPEC.system_prompt}\n\n{DEFAULT_INSTRUCTION}")
+    # LLaVA's chat format: no system turn, the instruction right after the image.
+    assert prompt == f"<s>[INST] {IMAGE_TOKEN}\n{DEFAULT_INSTRUCTION} [/INST]"
+    assert SPEC.system_prompt not in prompt
     asked = SPEC.load_input({"image": SPEC.example.image, "text": "Is this a map of the flood?"})
     assert SPEC.prompt(asked, vision_tokenizer).endswith("Is this a map of the flood? [/INST]")
 
@@ -70,7 +72,7 @@ def test_the_prompt_opens_with_one_image_token_then_the_instruction(vision_token
 def test_the_generation_request_carries_the_image_beside_text_messages():
     body = generation_request(SPEC, SPEC.example, load_agent_map().entry("newsreader"))
     assert body["images"] == [SPEC.example.image]
-    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert [m["role"] for m in body["messages"]] == ["user"]
     assert all(isinstance(m["content"], str) for m in body["messages"])  # the base replica adds the image part
     assert body["json_schema"]["required"] == ["image_kind", "headline", "caption", "confidence"]
     text_body = generation_request(get_spec("critic"), get_spec("critic").example, load_agent_map().entry("critic"))
