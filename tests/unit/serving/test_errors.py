@@ -38,6 +38,8 @@ class BackPressureError(Exception):
     (engine.AdapterLoadError("shape mismatch"), 500, "adapter_load_failed"),
     (engine.GrammarCompileTimeout("10 s"), 400, "schema_compile_timeout"),
     (engine.GrammarCompileBusy("busy"), 503, "overloaded"),
+    (engine.QueueFull("256 requests already wait"), 503, "overloaded"),  # the continuous loop's bound
+    (engine.EngineClosed("closed"), 503, "overloaded"),
     (store.RefError("bad ref"), 400, "invalid_request"),
     (store.NotFoundError("no such adapter"), 404, "adapter_not_found"),
     (UnknownAgent("oracle", ["critic"]), 404, "unknown_agent"),
