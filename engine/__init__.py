@@ -6,44 +6,15 @@ directly. Two ways in: ``InferenceEngine.generate`` runs one fixed batch to comp
 rows join and leave at step boundaries over a KV cache allocated once (``kv_slots.py``).
 """
 
+from . import errors
 from .adapters import AdapterRegistry
 from .config import EngineConfig
 from .engine import InferenceEngine
-from .errors import (
-    AdapterLoadError,
-    AdapterNotLoaded,
-    BatchTooLarge,
-    EngineClosed,
-    EngineError,
-    InvalidRequest,
-    InvalidSchema,
-    QueueFull,
-    RequestTooLarge,
-    TooManyAdapters,
-)
-from .loader import AdapterLoader
+from .errors import *  # noqa: F403 -- every engine error, listed once in errors.__all__
 from .kv_slots import SlotKVCache
+from .loader import AdapterLoader
 from .params import GenerationRequest, GenerationResult, SamplingParams
 from .scheduler import RowHandle
 
-__all__ = [
-    "EngineConfig",
-    "SamplingParams",
-    "GenerationRequest",
-    "GenerationResult",
-    "InferenceEngine",
-    "AdapterLoader",
-    "AdapterRegistry",
-    "EngineError",
-    "RequestTooLarge",
-    "BatchTooLarge",
-    "AdapterNotLoaded",
-    "AdapterLoadError",
-    "TooManyAdapters",
-    "InvalidSchema",
-    "InvalidRequest",
-    "QueueFull",
-    "EngineClosed",
-    "RowHandle",
-    "SlotKVCache",
-]
+__all__ = ["EngineConfig", "SamplingParams", "GenerationRequest", "GenerationResult", "InferenceEngine", "AdapterLoader",
+           "AdapterRegistry", "RowHandle", "SlotKVCache", *errors.__all__]

@@ -254,6 +254,11 @@ class InferenceEngine:
         return self._scheduler is None or self._scheduler.healthy
 
     @property
+    def waiting_rows(self) -> int:
+        """Rows waiting for a slot of the continuous loop (cheap: for a per-request gauge)."""
+        return self._scheduler.waiting if self._scheduler is not None else 0
+
+    @property
     def kv_cache(self) -> SlotKVCache | None:
         """The continuous loop's KV cache (None before the first ``submit``)."""
         return self._scheduler.cache if self._scheduler is not None else None

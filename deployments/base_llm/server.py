@@ -179,7 +179,7 @@ class BaseLLMServer:
     @property
     def queue_depth(self) -> int:
         """Requests waiting to run: in the static batcher's queue and for a slot of the continuous loop."""
-        return self.batcher.queued + self.engine.stats()["waiting_rows"]
+        return self.batcher.queued + self.engine.waiting_rows  # per request: not engine.stats(), which walks adapters
 
     def _track(self, delta: int) -> None:
         self.in_flight += delta
