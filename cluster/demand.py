@@ -137,9 +137,13 @@ class DeploymentDemand(BaseModel):
         return self
 
 
-def kv_values_per_token(config: dict[str, Any]) -> int | None:
-    """K and V values cached per token for a transformers decoder ``config.json`` (a vision-language model's:
-    its ``text_config``, the language model that holds the cache); None if it lacks the shape."""
+def kv_shape(config: Any) -> tuple[int, int, int] | None:
+    """``(layers, kv_heads, head_dim)`` of the KV cache of a transformers decoder config -- a ``config.json`` dict
+    or a loaded config object; a vision-language model's ``text_config``, the language model that holds the
+    cache -- or None if it lacks the shape. The one reading of the shape: the planner counts KV memory with it
+    and the engine allocates its cache with it."""
+    if not isinstance(config, dict):
+        config = config.to_dict() if hasattr(config, "to_dict") else vars(config)
     if "num_hidden_layers" not in config and isinstance(config.get("text_config"), dict):
         config = config["text_config"]
     try:
@@ -149,7 +153,13 @@ def kv_values_per_token(config: dict[str, Any]) -> int | None:
         head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
-    return 2 * layers * kv_heads * head_dim
+    return layers, kv_heads, head_dim
+
+
+def kv_values_per_token(config: Any) -> int | None:
+    """K and V values cached per token (:func:`kv_shape`: 2 x layers x KV heads x head dim); None without a shape."""
+    shape = kv_shape(config)
+    return None if shape is None else 2 * shape[0] * shape[1] * shape[2]
 
 
 def base_facts_from_store(store: Any, ref: str) -> BaseFacts:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from cluster.demand import kv_shape, kv_values_per_token
+
 from .errors import RequestTooLarge
 
 __all__ = ["SlotKVCache", "kv_bytes_per_token"]
@@ -31,12 +33,19 @@ def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
+def _shape(config: Any) -> tuple[int, int, int]:
+    shape = kv_shape(config)
+    if shape is None:
+        raise ValueError(f"{type(config).__name__} has no KV cache shape (num_hidden_layers, num_attention_heads, "
+                         f"hidden_size or head_dim)")
+    return shape
+
+
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
-    """Bytes of K and V one token takes across all layers of a model with ``config`` (a vision model's text config)."""
-    cfg = _text_config(config)
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    """Bytes of K and V one token takes across all layers of a model with ``config`` (a vision model's text
+    config): ``cluster.demand``'s values per token -- the planner's own count -- times the element size."""
+    _shape(config)
+    return kv_values_per_token(config) * torch.empty((), dtype=dtype).element_size()
 
 
 class SlotKVCache(Cache):
@@ -54,16 +63,14 @@ class SlotKVCache(Cache):
 
     def __init__(self, config: Any, *, slots: int, slot_tokens: int, dtype: torch.dtype, device: torch.device | str):
         super().__init__(layers=[])
-        cfg = _text_config(config)
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        layers, heads, head_dim = _shape(config)
         if slots < 1 or slot_tokens < 1:
             raise ValueError(f"slots ({slots}) and slot_tokens ({slot_tokens}) must be >= 1")
         self.slots, self.slot_tokens, self.dtype = slots, slot_tokens, dtype
-        self.sliding_window = getattr(cfg, "sliding_window", None)
+        self.sliding_window = getattr(_text_config(config), "sliding_window", None)
         shape = (slots, heads, slot_tokens, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.bytes_per_token = kv_bytes_per_token(config, dtype)
         self._start = 0
         self._count = 0
