@@ -29,6 +29,8 @@ from .errors import DataError, TrainingError
 
 __all__ = ["main", "build_parser"]
 
+_REGEX_CHARS = "*|()[]^$\\?+"  # a module name holds none of these: a --target-modules value with one is a regex
+
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     # Hyper-parameter defaults (None here) are TrainConfig's -- the seed plan's -- for text agents, and the
@@ -51,7 +53,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, help="default 64")
     p.add_argument("--lora-alpha", type=float, help="default 16")
     p.add_argument("--lora-dropout", type=float, help="default 0.05")
-    p.add_argument("--target-modules", nargs="+", help=f"default {' '.join(LORA_TARGETS)}")
+    p.add_argument("--target-modules", nargs="+",
+                   help=f"module names matched as suffixes (default {' '.join(LORA_TARGETS)}), or one regex matched "
+                        f"against the full module path (any value holding one of {_REGEX_CHARS!r})")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", "--train-batch-size", type=int, help="default 1")
@@ -106,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def target_modules(values: list[str]) -> list[str] | str:
+    """``--target-modules`` as TrainConfig takes it: module names, or one regex (a value holding a regex character).
+
+    Raises:
+        DataError: a regex given beside other values.
+    """
+    if any(set(v) & set(_REGEX_CHARS) for v in values):
+        if len(values) != 1:
+            raise DataError("--target-modules", None, f"a regex must be the only value, got {values!r}")
+        return values[0]
+    return list(values)
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -114,6 +131,8 @@ def _train(args: argparse.Namespace) -> dict:
     from .trainer import run_training
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
+    if fields.get("target_modules"):
+        fields["target_modules"] = target_modules(fields["target_modules"])
     fields.setdefault("output_dir", Path("output/adapters") / (args.adapter_name or default_adapter_name(args.agent)))
     if is_vision_agent(args.agent):
         from .defaults import default_data, recipe

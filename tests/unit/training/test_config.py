@@ -56,3 +56,18 @@ def test_plan_resolves_auto(device, quant, cuda, expected):
 
     plan = resolve_plan(TrainConfig(**BASE, device=device, quantization=quant), cuda_available=cuda)
     assert (plan.device, plan.variant, plan.qlora) == expected
+
+
+def test_the_cli_passes_a_regex_target_as_one_regex():
+    from training.cli import build_parser, target_modules
+    from training.config import VISION_LORA_TARGETS
+    from training.errors import DataError
+
+    regex = VISION_LORA_TARGETS + "|lm_head"
+    args = build_parser().parse_args(["train", "--agent", "newsreader", "--target-modules", regex])
+    assert target_modules(args.target_modules) == regex  # a str: PEFT matches it against the full module path
+    config = TrainConfig(**{**BASE, "agent": "newsreader"}, target_modules=target_modules([regex]))
+    assert config.target_modules == regex
+    assert target_modules(["q_proj", "v_proj"]) == ["q_proj", "v_proj"]  # names stay a list, matched as suffixes
+    with pytest.raises(DataError, match="must be the only value"):
+        target_modules(["q_proj", ".*lm_head"])
