@@ -1,12 +1,16 @@
-"""The newsroom pipeline as data: scout -> fact_checker -> analyst -> critic -> synthesizer -> chief_editor.
+"""The newsroom pipeline as data: scout -> fact_checker -> analyst -> critic -> journalist -> synthesizer ->
+chief_editor.
 
 Each :class:`Step` names an agent and a small pure function that builds the step's input from the
 article and the typed outputs of earlier steps. Calling an agent is injected: the serving layer passes
 a function that calls deployments, tests pass one that runs the heuristics.
 
+The journalist drafts the story from the facts that survived the check (every claim the fact checker did not
+refute) and, like the synthesizer, is skipped when the critic rejects the article.
+
 An article with ``images`` first has each read by the newsreader (steps ``newsreader_0``, ``newsreader_1``
-...); what it read (kind, headline, caption) reaches the synthesizer as lines after the article's text. An
-article without images runs exactly :data:`NEWSROOM`.
+...); what it read (kind, headline, caption) reaches the journalist as one fact per image and the synthesizer
+as lines after the article's text. An article without images runs exactly :data:`NEWSROOM`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .agents.chief_editor import ChiefEditorInput
 from .agents.critic import ClaimCheck, CriticInput, CriticOutput
 from .agents.embeddings import EmbedInput
 from .agents.fact_checker import MAX_CLAIMS, MAX_EVIDENCE, FactCheckerInput, FactCheckerOutput
+from .agents.journalist import MAX_FACTS, JournalistInput
 from .agents.newsreader import ImageSource, NewsreaderInput, NewsreaderOutput
 from .agents.synthesizer import MAX_ARTICLES, SourceArticle, SynthesizerInput, SynthesizerOutput
 from .contracts import Contract, Text, get_spec
@@ -29,7 +34,7 @@ from .fallback import Answer
 from .heuristics import sentences
 
 __all__ = ["Article", "Step", "StepRecord", "PipelineResult", "NEWSROOM", "newsroom", "run_pipeline", "arun_pipeline",
-           "claims_of", "image_context"]
+           "claims_of", "image_context", "image_facts"]
 
 Outputs = Mapping[str, BaseModel]
 
@@ -48,7 +53,8 @@ class Article(Contract):
                                          description="Other coverage of the story, for the synthesis.")
     images: list[ImageSource] = Field(
         default_factory=list, description="Images of the article (base64 of a PNG, JPEG or WebP file, or a "
-        "data:image/...;base64, URL), each read by the newsreader first; its reading goes to the synthesis. How "
+        "data:image/...;base64, URL), each read by the newsreader first; its reading goes to the draft and the "
+        "synthesis. How "
         "many one request may carry, and how large each may be, are the service's admission limits (413).")
 
 
@@ -114,18 +120,39 @@ def _reading(i: int) -> Callable[[Article, Outputs], NewsreaderInput]:
 _IMAGE_CONTEXT_CHARS = 2000
 
 
+def _readings(out: Outputs) -> list[str]:
+    # What the newsreader read of each image, in image order: "chart, headline 'flood': a chart about flood".
+    lines: list[str] = []
+    while (reading := out.get(f"newsreader_{len(lines)}")) is not None:
+        read: NewsreaderOutput = reading  # type: ignore[assignment]
+        headline = f", headline {read.headline!r}" if read.headline else ""
+        lines.append(f"{read.image_kind}{headline}: {read.caption}")
+    return lines
+
+
 def image_context(out: Outputs) -> str:
     """What the newsreader read of the article's images, one line each (``""`` when there were none).
 
     ``[image 0] chart, headline 'flood': a chart about flood``; clipped to a bounded length.
     """
-    lines: list[str] = []
-    while (reading := out.get(f"newsreader_{len(lines)}")) is not None:
-        read: NewsreaderOutput = reading  # type: ignore[assignment]
-        headline = f", headline {read.headline!r}" if read.headline else ""
-        lines.append(f"[image {len(lines)}] {read.image_kind}{headline}: {read.caption}")
-    text = "\n".join(lines)
+    text = "\n".join(f"[image {i}] {line}" for i, line in enumerate(_readings(out)))
     return text if len(text) <= _IMAGE_CONTEXT_CHARS else text[: _IMAGE_CONTEXT_CHARS - 3] + "..."
+
+
+def image_facts(out: Outputs) -> list[str]:
+    """The newsreader's readings as facts a draft may state, one per image (``"Image 0 of the article: chart,
+    headline 'flood': a chart about flood"``), each within a fact's 300 characters."""
+    return [f"Image {i} of the article: {line}"[:300] for i, line in enumerate(_readings(out))]
+
+
+def _draft(article: Article, out: Outputs) -> JournalistInput:
+    # The claims the fact checker did not refute, then one fact per image read, within the contract's 12; an
+    # article whose every claim was refuted and that has no image keeps its title as the one fact.
+    verdicts = [v.verdict for v in out["fact_checker"].verdicts]  # type: ignore[attr-defined]
+    kept = [c for c, v in zip(claims_of(article), verdicts) if v != "refuted"]
+    images = image_facts(out)
+    facts = (kept[: MAX_FACTS - min(len(images), MAX_FACTS // 2)] + images)[:MAX_FACTS] or [article.title[:300]]
+    return JournalistInput(topic=article.title, facts=facts, style="news")
 
 
 def _synthesis(article: Article, out: Outputs) -> SynthesizerInput:
@@ -150,6 +177,7 @@ NEWSROOM: tuple[Step, ...] = (
     Step("fact_checker", "fact_checker", _fact_check),
     Step("analyst", "analyst", _analysis),
     Step("critic", "critic", _critique),
+    Step("journalist", "journalist", _draft, when=_not_rejected),
     Step("synthesizer", "synthesizer", _synthesis, when=_not_rejected),
     Step("chief_editor", "chief_editor", _decision),
 )

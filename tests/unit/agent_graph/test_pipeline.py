@@ -36,7 +36,7 @@ def heuristic_call(agent, inp):
 def test_pipeline_is_data():
     assert [(s.name, s.agent) for s in NEWSROOM] == [
         ("scout", "scout"), ("fact_checker", "fact_checker"), ("analyst", "analyst"), ("critic", "critic"),
-        ("synthesizer", "synthesizer"), ("chief_editor", "chief_editor")]
+        ("journalist", "journalist"), ("synthesizer", "synthesizer"), ("chief_editor", "chief_editor")]
 
 
 def test_outputs_feed_the_next_step():
@@ -60,6 +60,13 @@ def test_outputs_feed_the_next_step():
     assert (critic_in["bias"], critic_in["persuasion"], critic_in["sentiment"]) == (
         analysis.bias, analysis.persuasion, analysis.sentiment)
 
+    # The journalist drafts from the claims the fact checker did not refute, on the article's title.
+    draft_in = result.record("journalist").input
+    assert draft_in["topic"] == ARTICLE.title and draft_in["style"] == "news"
+    assert draft_in["facts"] == [c for c, v in zip(claims, [v.verdict for v in facts.verdicts]) if v != "refuted"]
+    assert draft_in["facts"] == claims[1:]  # the refuted 90 million is not a fact to state
+    assert result.output("journalist").facts_used
+
     # The chief editor sees the critic's verdict and issues, the fact-check counts and the synthesis.
     critic = result.output("critic")
     editor_in = result.record("chief_editor").input
@@ -75,6 +82,7 @@ def test_rejected_story_skips_synthesis():
     result = run_pipeline(article, heuristic_call)
     assert result.output("critic").verdict == "reject"
     assert result.record("synthesizer").skipped and result.output("synthesizer") is None
+    assert result.record("journalist").skipped and result.output("journalist") is None
     editor_in = result.record("chief_editor").input
     assert editor_in["text"] == article.text and result.output("chief_editor").decision == "reject"
 
@@ -126,8 +134,8 @@ def test_output_that_does_not_fit_its_input_is_refused():
 
 def test_missing_step_is_named():
     result = run_pipeline(ARTICLE, heuristic_call)
-    with pytest.raises(KeyError, match="no step 'journalist'"):
-        result.record("journalist")
+    with pytest.raises(KeyError, match="no step 'newsreader_0'"):
+        result.record("newsreader_0")
 
 
 def test_article_without_claims_or_evidence():
@@ -163,6 +171,10 @@ def test_images_are_read_first_and_their_reading_reaches_the_synthesis():
     synthesis_text = result.record("synthesizer").input["articles"][0]["text"]
     assert synthesis_text.startswith(article.text)
     assert synthesis_text.endswith("Images of the article:\n[image 0] chart: a chart\n[image 1] map: a map")
+    # ... and the draft: one fact per image after the claims that stood.
+    assert result.record("journalist").input["facts"] == [
+        "The council approved the bridge on Monday.", "Image 0 of the article: chart: a chart",
+        "Image 1 of the article: map: a map"]
 
 
 def test_the_image_context_keeps_the_article_within_its_bound():
@@ -178,3 +190,33 @@ def test_the_image_context_names_a_headline_read():
     read = NewsreaderOutput(image_kind="map", headline="flood", caption="a map about flood", confidence=0.8)
     assert image_context({"newsreader_0": read, "scout": None}) == "[image 0] map, headline 'flood': a map about flood"
     assert image_context({}) == ""
+    from agent_graph.pipeline import image_facts
+
+    assert image_facts({"newsreader_0": read}) == ["Image 0 of the article: map, headline 'flood': a map about flood"]
+
+
+def test_a_draft_keeps_room_for_the_images_and_never_goes_without_a_fact():
+    from agent_graph.agents.critic import CriticOutput
+    from agent_graph.agents.fact_checker import MAX_CLAIMS, FactCheckerOutput
+    from agent_graph.agents.journalist import MAX_FACTS
+    from agent_graph.agents.newsreader import NewsreaderOutput
+
+    def call_with(verdict):
+        def call(agent, inp):  # the fact checker returns `verdict` for every claim; images read as plain photos
+            if agent == "critic":  # never a rejection: the draft is written
+                return CriticOutput(verdict="revise", issues=[])
+            if agent == "fact_checker":
+                return FactCheckerOutput(verdicts=[{"verdict": verdict, "evidence": [], "confidence": 0.9}] * len(inp.claims))
+            if agent == "newsreader":
+                return NewsreaderOutput(image_kind="photo", headline="", caption="a photo", confidence=0.2)
+            return heuristic_call(agent, inp)
+        return call
+
+    claims = [f"Claim number {i} holds." for i in range(MAX_CLAIMS)]
+    article = ARTICLE.model_copy(update={"claims": claims, "images": _images(*["photo"] * 8)})
+    facts = run_pipeline(article, call_with("supported")).record("journalist").input["facts"]
+    # 12 facts at most (7 claims + 8 images overflow): half of them kept for the images, claims first.
+    assert len(facts) == MAX_FACTS and facts[: MAX_FACTS // 2] == claims[: MAX_FACTS // 2]
+    assert facts[MAX_FACTS // 2:] == [f"Image {i} of the article: photo: a photo" for i in range(MAX_FACTS // 2)]
+    refuted = run_pipeline(article.model_copy(update={"images": []}), call_with("refuted"))
+    assert refuted.record("journalist").input["facts"] == [ARTICLE.title]
