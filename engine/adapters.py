@@ -17,7 +17,7 @@ from typing import Any, Iterator, Literal
 import torch
 
 from .errors import AdapterLoadError, AdapterNotLoaded, TooManyAdapters
-from .lora_batch import GatheredLora, LoraPlan, unsupported_reason
+from .lora_batch import StackedLora, unsupported_reason
 
 __all__ = ["AdapterRegistry", "BatchRouter", "validate_adapter_dir", "BASE_SLOT"]
 
@@ -52,6 +52,7 @@ class _Resident:
     slot: str
     path: Path
     nbytes: int
+    index: int = 0  # its entry in the stacked LoRA buffers (lora_kernel "gathered"); 0 with "peft"
     in_use: int = 0
     unloading: bool = False
 
@@ -65,6 +66,7 @@ class AdapterRegistry:
         model_lock: the lock every forward pass holds; loads and deletes take it too, so weights never
             change under a running forward.
         lora_kernel: how a mixed batch applies its adapters (see ``EngineConfig.lora_kernel``).
+        dtype: the compute dtype, of the stacked LoRA buffers (``lora_kernel="gathered"``).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class AdapterRegistry:
         max_loaded: int,
         model_lock: threading.RLock,
         lora_kernel: Literal["gathered", "peft"] = "gathered",
+        dtype: torch.dtype = torch.float32,
     ):
         self._base = base_model
         self._peft: Any | None = None
@@ -84,23 +87,26 @@ class AdapterRegistry:
         self.loads = 0
         self.unloads = 0
         self.lora_kernel = lora_kernel
-        self._gathered = GatheredLora() if lora_kernel == "gathered" else None
-        # Stacked weights of every resident adapter, rebuilt only when residency changes: stacking per
-        # generate call cost 56 ms for 32 adapters on the tiny base (a third of a 16-token batch).
-        self._plan_cache: tuple[tuple[str, ...], LoraPlan] | None = None
+        # With "gathered", the stacked buffers hold the only copy of every resident adapter (PEFT's is deleted
+        # once copied); an adapter's index is its entry there, free indices are reused.
+        self._stacked = StackedLora(max(1, max_loaded), dtype) if lora_kernel == "gathered" else None
+        self._free_indices = list(range(max(1, max_loaded), 0, -1))
+        self._index_of_slot: dict[str, int] = {}
 
     @property
     def model(self) -> Any:
-        """The module to call: the PeftModel while any adapter is loaded, else the bare base.
+        """The module to call: the PeftModel while PEFT holds any adapter, else the base.
 
-        With every adapter unloaded the PeftModel cannot run a forward at all (PEFT looks its active adapter
-        up in an empty config), while the base, whose LoRA layers are left empty, computes exactly the base.
+        With no adapter in PEFT (every one unloaded, or every one moved into the stacked buffers) the PeftModel
+        cannot run a forward at all (PEFT looks its active adapter up in an empty config), while the base,
+        whose LoRA layers are left empty, computes the base -- plus the stacked buffers' delta when routed.
         """
         return self._peft if self.wrapped else self._base
 
     @property
     def wrapped(self) -> bool:
-        """True while the base carries at least one adapter; every forward must then pass ``adapter_names``."""
+        """True while PEFT holds at least one adapter (``lora_kernel="peft"``); every forward must then pass
+        ``adapter_names``."""
         return self._peft is not None and bool(self._peft.peft_config)
 
     def _repair_active(self) -> None:
@@ -114,8 +120,8 @@ class AdapterRegistry:
         names = list(self._peft.peft_config)
         if names and self._peft.active_adapter not in names:
             self._peft.set_adapter(names[0])
-            if self._gathered is not None:
-                self._gathered.install(self._peft)  # set_adapter must not switch PEFT's own path back on
+            if self._stacked is not None:
+                self._stacked.install(self._peft)  # set_adapter must not switch PEFT's own path back on
 
     def load(self, name: str, path: Path) -> None:
         """Load adapter ``name`` from ``path``; a no-op when it is already resident from that path."""
@@ -138,12 +144,22 @@ class AdapterRegistry:
                     )
                 slot = f"slot_{self._next_slot}"
                 self._next_slot += 1
-            self._inject(name, slot, path)
-            nbytes = self._slot_bytes(slot)
+                index = self._free_indices.pop() if self._stacked is not None else 0
+            try:
+                self._inject(name, slot, path)
+                nbytes = self._slot_bytes(slot)
+                if self._stacked is not None:
+                    self._stacked.write(self._peft, slot, index)
+                    self._drop_peft_copy(slot)
+            except BaseException:
+                if self._stacked is not None:
+                    with self._lock:
+                        self._free_indices.append(index)
+                raise
             with self._lock:
-                self._residents[name] = _Resident(name=name, slot=slot, path=path, nbytes=nbytes)
+                self._residents[name] = _Resident(name=name, slot=slot, path=path, nbytes=nbytes, index=index)
+                self._index_of_slot[slot] = index
                 self.loads += 1
-                self._plan_cache = None
 
     def _inject(self, name: str, slot: str, path: Path) -> None:
         from peft import PeftConfig, PeftModel
@@ -161,19 +177,26 @@ class AdapterRegistry:
         except Exception as exc:
             self._drop_failed(slot)
             raise AdapterLoadError(f"adapter {name!r} from {str(path)!r} does not load into the base: {exc}") from exc
-        if self._gathered is not None:
+        if self._stacked is not None:
             reason = unsupported_reason(self._peft, slot)
             if reason is not None:
                 self._drop_failed(slot)
                 raise AdapterLoadError(
                     f"adapter {name!r} cannot use lora_kernel 'gathered' because {reason}; configure lora_kernel='peft'"
                 )
-            self._gathered.install(self._peft)
+            self._stacked.install(self._peft)
 
     def _drop_failed(self, slot: str) -> None:
         if self._peft is not None and slot in self._peft.peft_config:
             self._peft.delete_adapter(slot)  # drop the half-injected layers of a failed load
             self._repair_active()
+
+    def _drop_peft_copy(self, slot: str) -> None:
+        # The stacked buffers now hold the adapter; PEFT's layers keep no weights of it (its wrappers stay).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            self._peft.delete_adapter(slot)
+        self._repair_active()
 
     def unload(self, name: str) -> None:
         """Unload ``name`` now, or as soon as the last running batch that uses it ends.
@@ -189,17 +212,23 @@ class AdapterRegistry:
             if resident.in_use:
                 return
             del self._residents[name]
-        self._delete(resident.slot)
+        self._delete(resident)
 
-    def _delete(self, slot: str) -> None:
-        with self._model_lock, warnings.catch_warnings():
-            # PEFT warns when the deleted adapter was its "active" one; routing here never uses that notion.
-            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
-            self._peft.delete_adapter(slot)
-            self._repair_active()
+    def _delete(self, resident: _Resident) -> None:
+        with self._model_lock:
+            if self._stacked is not None:
+                self._stacked.clear(resident.index)
+            else:
+                with warnings.catch_warnings():
+                    # PEFT warns when the deleted adapter was its "active" one; routing never uses that notion.
+                    warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+                    self._peft.delete_adapter(resident.slot)
+                    self._repair_active()
         with self._lock:
             self.unloads += 1
-            self._plan_cache = None
+            self._index_of_slot.pop(resident.slot, None)
+            if self._stacked is not None:
+                self._free_indices.append(resident.index)
 
     def acquire(self, names: set[str]) -> dict[str, str]:
         """Pin adapters for one batch and return ``{name: slot}``; all or nothing.
@@ -224,29 +253,36 @@ class AdapterRegistry:
                 resident.in_use -= 1
                 if resident.in_use == 0 and resident.unloading:
                     del self._residents[n]
-                    to_delete.append(resident.slot)
-        for slot in to_delete:
-            self._delete(slot)
+                    to_delete.append(resident)
+        for resident in to_delete:
+            self._delete(resident)
 
-    def stacked_plan(self, needed: list[str]) -> LoraPlan:
-        """The gathered plan over every resident slot (``needed`` included); cached until residency changes.
-
-        Called under the model lock, so no load or delete runs while it is built. A running batch keeps
-        the plan it started with, so a later rebuild never changes a batch's row indices mid-decode.
-        """
+    def row_index(self, row_slots: list[str], device: torch.device) -> torch.Tensor | None:
+        """Each row's entry in the stacked buffers (0: the bare base), or None when every row is bare. Decided on
+        the host, so a step never waits on the device to learn it. The rows' adapters are pinned (acquired), so
+        their entries cannot be freed or reused under a running batch."""
         with self._lock:
-            slots = tuple(sorted({r.slot for r in self._residents.values()} | set(needed)))
-            cached = self._plan_cache
-        if cached is not None and cached[0] == slots:
-            return cached[1]
-        plan = self._gathered.plan(self.model, list(slots))
-        with self._lock:
-            self._plan_cache = (slots, plan)
-        return plan
+            index = [self._index_of_slot.get(s, 0) for s in row_slots]
+        return torch.tensor(index, dtype=torch.long).to(device, non_blocking=True) if any(index) else None
 
-    def router(self, slots: list[str]) -> BatchRouter:
-        """Routing of one batch's rows to ``slots`` (the adapters it uses), for :meth:`BatchRouter.step`."""
-        return BatchRouter(self, slots)
+    @property
+    def stacked(self) -> StackedLora | None:
+        """The stacked LoRA buffers (``lora_kernel="gathered"``), or None."""
+        return self._stacked
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of the stacked LoRA buffers (0 with ``lora_kernel="peft"``, whose adapters live in PEFT)."""
+        return self._stacked.nbytes if self._stacked is not None else 0
+
+    @property
+    def buffer_reallocations(self) -> int:
+        """Times a load rebuilt live stacked buffers (a higher rank, or a layer no earlier adapter touched)."""
+        return self._stacked.reallocations if self._stacked is not None else 0
+
+    def router(self) -> BatchRouter:
+        """Routing of one batch's rows to their adapters, for :meth:`BatchRouter.step`."""
+        return BatchRouter(self, self._stacked)
 
     def _visible(self) -> list[str]:
         return sorted(n for n, r in self._residents.items() if not r.unloading)
@@ -268,7 +304,8 @@ class AdapterRegistry:
             return sorted(n for n, r in self._residents.items() if r.unloading)
 
     def bytes_by_adapter(self) -> dict[str, int]:
-        """Parameter bytes of every resident adapter, pending unloads included (they still hold memory)."""
+        """Parameter bytes of every resident adapter as PEFT loads it, pending unloads included (they still hold
+        memory; with ``lora_kernel="gathered"`` the stacked buffers hold them, :attr:`buffer_bytes`)."""
         with self._lock:
             return {n: r.nbytes for n, r in sorted(self._residents.items())}
 
@@ -287,22 +324,17 @@ class AdapterRegistry:
 class BatchRouter:
     """Sends each row of one batch through its adapter, step after step (rows may drop out between steps)."""
 
-    def __init__(self, registry: AdapterRegistry, slots: list[str]):
+    def __init__(self, registry: AdapterRegistry, stacked: StackedLora | None):
         self._registry = registry
-        self._slots = slots
-        self._plan: LoraPlan | None = None
+        self._stacked = stacked
 
     @contextlib.contextmanager
     def step(self, row_slots: list[str], device: torch.device) -> Iterator[dict[str, Any]]:
         """Context for one forward pass (entered under the model lock); yields extra forward kwargs."""
-        registry = self._registry
-        if not registry.wrapped:
-            yield {}
-        elif registry._gathered is None:
+        if self._stacked is not None:
+            with self._stacked.route(self._registry.row_index(row_slots, device)):
+                yield {}
+        elif self._registry.wrapped:
             yield {"adapter_names": row_slots}
         else:
-            if self._plan is None:
-                # Built lazily under the model lock: the batch may have started before the first load wrapped the base.
-                self._plan = registry.stacked_plan(self._slots)
-            with registry._gathered.route(self._plan, row_slots, device):
-                yield {}
+            yield {}

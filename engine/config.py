@@ -88,8 +88,9 @@ class EngineConfig(BaseModel):
     lora_kernel: Literal["gathered", "peft"] = Field(
         "gathered",
         description=(
-            "How rows with different adapters share a forward: 'gathered' stacks the batch's adapters and "
-            "applies them with one bmm per layer (plain LoRA only, measured faster); 'peft' uses PEFT's "
-            "adapter_names mixed batch (any PEFT LoRA, DoRA included)."
+            "How rows with different adapters share a forward: 'gathered' keeps every resident adapter in "
+            "per-layer stacked buffers allocated once (max_loaded_adapters entries; a load copies into a free "
+            "entry) and applies each row's with one gathered bmm per layer (plain LoRA only, measured faster); "
+            "'peft' uses PEFT's adapter_names mixed batch (any PEFT LoRA, DoRA included)."
         ),
     )

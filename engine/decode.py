@@ -13,7 +13,6 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 
-from .adapters import BASE_SLOT
 from .constraints import BatchMasker, RowConstraint
 from .params import FinishReason, GenerationRequest, GenerationResult, SamplingParams
 from .sampling import RowSampler, choose_tokens, find_stop
@@ -124,7 +123,7 @@ def run_decode(
     live = list(range(len(rows)))  # batch position -> row index
     finished = [False] * len(rows)
     masker = BatchMasker(len(rows), vocab_size, banned_ids) if any(r.constraint for r in rows) else None
-    router = adapters.router(sorted({s for s in adapter_names if s != BASE_SLOT}))
+    router = adapters.router()
     prefill = vision_inputs(rows, device, pixel_dtype)
     cache = None
     step = 0

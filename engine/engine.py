@@ -67,9 +67,8 @@ class InferenceEngine:
         self._base_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         # One forward at a time: PEFT routes rows to adapters through hooks it installs per call.
         self._model_lock = threading.RLock()
-        self._adapters = AdapterRegistry(
-            model, self.config.max_loaded_adapters, self._model_lock, self.config.lora_kernel
-        )
+        self._adapters = AdapterRegistry(model, self.config.max_loaded_adapters, self._model_lock,
+                                         self.config.lora_kernel, dtype=model.get_input_embeddings().weight.dtype)
         self._grammars: GrammarCache | None = None
         self._grammar_lock = threading.Lock()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -385,9 +384,12 @@ class InferenceEngine:
     # -- introspection ----------------------------------------------------------------------------
 
     def memory_footprint(self) -> dict:
-        """Bytes of the base's parameters and buffers, and of each resident adapter's parameters."""
+        """Bytes of the base's parameters and buffers, of each resident adapter's parameters as PEFT loads them,
+        and what the adapters hold in all: the stacked buffers with ``lora_kernel="gathered"`` (every entry, used
+        or not, in the compute dtype), PEFT's parameters with ``"peft"``."""
         adapters = self._adapters.bytes_by_adapter()
-        return {"base_bytes": self._base_bytes, "adapters": adapters, "adapters_total_bytes": sum(adapters.values())}
+        held = self._adapters.buffer_bytes if self.config.lora_kernel == "gathered" else sum(adapters.values())
+        return {"base_bytes": self._base_bytes, "adapters": adapters, "adapters_total_bytes": held}
 
     def stats(self) -> dict:
         """Counters and residency: adapters, pending unloads, memory, tokens served, grammars compiled."""
@@ -400,6 +402,8 @@ class InferenceEngine:
             "pending_unloads": self._adapters.pending_unloads(),
             "adapter_loads": self._adapters.loads,
             "lora_kernel": self.config.lora_kernel,
+            "lora_buffer_bytes": self._adapters.buffer_bytes,
+            "lora_buffer_reallocations": self._adapters.buffer_reallocations,
             "adapter_unloads": self._adapters.unloads,
             "model_memory_bytes": mem["base_bytes"],
             "adapter_memory_bytes": mem["adapters_total_bytes"],

@@ -1,39 +1,49 @@
-"""Mixed-adapter LoRA for one batch: every row gathers its own adapter's A/B and one ``bmm`` applies them.
+"""Mixed-adapter LoRA in preallocated stacked buffers: each row gathers its adapter's A/B, one ``bmm`` applies them.
 
 PEFT's own mixed batch (``adapter_names=[...]``) installs a hook on every LoRA layer per forward call
 and loops over the batch's distinct adapters in every layer. Measured on the tiny base (32 rows, 3
-adapters + bare base, 2 CPU cores) that costs 2.5x the decode time of this module, which instead:
+adapters + bare base, 2 CPU cores) that costs 2.5x the decode time of this module, which instead keeps,
+per LoRA layer, two buffers allocated once:
 
-* stacks, once per ``generate`` call, the A and B weights of the adapters the batch uses (index 0 is a
-  zero adapter for bare-base rows, B is pre-multiplied by the adapter's scaling);
-* per forward, gathers ``A[row_index]`` / ``B[row_index]`` and adds ``(x @ A^T) @ B^T`` in two ``bmm``.
-  Each row's arithmetic is independent of its neighbours, so a row gives the same tokens alone or mixed.
+* ``A`` of ``[capacity + 1, rank, in]`` and ``B`` of ``[capacity + 1, out, rank]`` in the model's compute
+  dtype; entry 0 stays zero (bare-base rows), entry ``k`` holds the adapter resident at index ``k`` with
+  its scaling folded into B; a lower rank is zero-padded, which adds exact zeros.
+* Loading an adapter copies its weights into its index (:meth:`StackedLora.write`); unloading zeroes it
+  (:meth:`clear`). Neither allocates, so the buffers keep their addresses for a captured decode step; only
+  an adapter of a higher rank than any before grows them (counted in :attr:`reallocations`), and so does
+  the first adapter to touch a layer no earlier one did.
+* Per forward, a row index (one entry per row) gathers ``A[index]`` / ``B[index]`` and adds
+  ``(x @ A^T) @ B^T`` in two ``bmm``. Each row's arithmetic is independent of its neighbours, so a row
+  gives the same tokens alone or mixed.
 
-PEFT's layers stay in place (they own loading and deleting) but their own adapter path is switched
-off with ``_disable_adapters``; a forward hook on each LoRA layer adds the gathered delta. Plain LoRA on
-linear layers only: DoRA and other variants, LoRA on embeddings and ``lora_bias`` are refused at load.
+PEFT still parses and injects an adapter (its key names, ``rank_pattern``, ``alpha_pattern``, rsLoRA
+scaling), then the registry copies it here and deletes PEFT's copy: the buffers are the only copy of an
+adapter's weights, so resident adapters cost what the planner reserves for them (``adapters_mb``: the
+largest adapter's size per slot). PEFT's layers stay in place as the hooks' anchors with their own
+adapter path switched off (``_disable_adapters``). Plain LoRA on linear layers only: DoRA and other
+variants, LoRA on embeddings and ``lora_bias`` are refused at load.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 
-__all__ = ["GatheredLora", "LoraPlan", "unsupported_reason"]
+__all__ = ["StackedLora", "unsupported_reason", "lora_layers"]
 
 
-def _lora_layers(model: Any) -> list[Any]:
+def lora_layers(model: Any) -> list[Any]:
+    """Every PEFT LoRA layer of ``model``, in module order."""
     from peft.tuners.lora import LoraLayer
 
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
 def unsupported_reason(model: Any, slot: str) -> str | None:
-    """Why adapter ``slot`` cannot take the gathered path, or None when it can."""
-    for layer in _lora_layers(model):
+    """Why PEFT adapter ``slot`` cannot take the stacked path, or None when it can."""
+    for layer in lora_layers(model):
         if slot in getattr(layer, "lora_embedding_A", {}):
             return "it applies LoRA to an embedding layer"
         if slot in getattr(layer, "lora_variant", {}):
@@ -45,77 +55,111 @@ def unsupported_reason(model: Any, slot: str) -> str | None:
     return None
 
 
-@dataclass
-class LoraPlan:
-    """Stacked weights of one batch's adapters, per LoRA layer: ``{id(layer): (A, B)}``.
+class StackedLora:
+    """The stacked A/B buffers of every LoRA layer, the hooks that apply them, and the active row index.
 
-    ``A`` is ``[n_slots + 1, r_max, in]``, ``B`` is ``[n_slots + 1, out, r_max]`` (scaling folded in);
-    entry 0 is zeros for bare-base rows. Ranks below ``r_max`` are zero-padded, which adds exact zeros.
+    Args:
+        capacity: adapters resident at once (indices ``1..capacity``; 0 is the bare base).
+        dtype: of the buffers: the model's compute dtype (a bf16 base gets bf16 adapters).
     """
 
-    index_of: dict[str, int]
-    weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    def __init__(self, capacity: int, dtype: torch.dtype):
+        self.capacity = capacity
+        self.dtype = dtype
+        self.rank = 0
+        self.reallocations = 0
+        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(layer) -> (A, B)
+        self._active: torch.Tensor | None = None
 
-    def row_index(self, row_slots: list[str], device: torch.device) -> torch.Tensor:
-        """Stack index per row (0 = bare base)."""
-        return torch.tensor([self.index_of.get(s, 0) for s in row_slots], dtype=torch.long, device=device)
-
-
-class GatheredLora:
-    """Installs the gathered-LoRA hooks on a PeftModel and routes each forward through a plan."""
-
-    def __init__(self) -> None:
-        self._active: tuple[LoraPlan, torch.Tensor] | None = None
+    # -- residency ------------------------------------------------------------------------------------------
 
     def install(self, model: Any) -> None:
-        """Switch PEFT's own adapter path off and hook every LoRA layer; idempotent, call after each load."""
-        for layer in _lora_layers(model):
+        """Switch PEFT's own adapter path off and hook every LoRA layer; idempotent, call after each injection."""
+        for layer in lora_layers(model):
             # Set the flag directly: enable_adapters(False) also toggles requires_grad, needless at inference.
             layer._disable_adapters = True
-            if not getattr(layer, "_gathered_lora_hooked", False):
+            if not getattr(layer, "_stacked_lora_hooked", False):
                 layer.register_forward_hook(self._hook, with_kwargs=True)
-                layer._gathered_lora_hooked = True
+                layer._stacked_lora_hooked = True
 
-    def plan(self, model: Any, slots: list[str]) -> LoraPlan:
-        """Stack the weights of ``slots`` (the adapters one batch uses) for every LoRA layer."""
-        plan = LoraPlan(index_of={s: k + 1 for k, s in enumerate(slots)})
-        if not slots:
-            return plan
-        for layer in _lora_layers(model):
-            present = [s for s in slots if s in layer.lora_A]
-            if not present:
-                continue
-            ref = layer.lora_A[present[0]].weight
-            r_max = max(layer.lora_A[s].weight.shape[0] for s in present)
-            out_features = layer.lora_B[present[0]].weight.shape[0]
-            a = torch.zeros((len(slots) + 1, r_max, ref.shape[1]), dtype=ref.dtype, device=ref.device)
-            b = torch.zeros((len(slots) + 1, out_features, r_max), dtype=ref.dtype, device=ref.device)
-            for s in present:
-                k, rank = plan.index_of[s], layer.lora_A[s].weight.shape[0]
-                a[k, :rank] = layer.lora_A[s].weight
-                b[k, :, :rank] = layer.lora_B[s].weight * layer.scaling[s]
-            plan.weights[id(layer)] = (a, b)
-        return plan
+    def write(self, model: Any, slot: str, index: int) -> None:
+        """Copy PEFT adapter ``slot`` of ``model`` into ``index`` of every layer's buffers (B times its scaling).
+
+        Called under the model lock, so no forward reads a half-written adapter.
+        """
+        if not 1 <= index <= self.capacity:
+            raise ValueError(f"index {index} is outside 1..{self.capacity}")
+        layers = [layer for layer in lora_layers(model) if slot in layer.lora_A]
+        rank = max((layer.lora_A[slot].weight.shape[0] for layer in layers), default=0)
+        fresh = [layer for layer in layers if id(layer) not in self._buffers]
+        if self._buffers and (rank > self.rank or fresh):
+            self.reallocations += 1  # the live buffers change: a captured step would be captured again
+        if rank > self.rank:
+            self._grow(rank)
+        for layer in fresh:
+            self._allocate(layer)
+        self.clear(index)
+        with torch.no_grad():
+            for layer in layers:
+                a, b = self._buffers[id(layer)]
+                r = layer.lora_A[slot].weight.shape[0]
+                a[index, :r].copy_(layer.lora_A[slot].weight)
+                b[index, :, :r].copy_(layer.lora_B[slot].weight * layer.scaling[slot])
+
+    def clear(self, index: int) -> None:
+        """Zero ``index`` in every buffer (an unloaded adapter adds nothing, a reused index starts clean)."""
+        with torch.no_grad():
+            for a, b in self._buffers.values():
+                a[index].zero_()
+                b[index].zero_()
+
+    def _allocate(self, layer: Any) -> None:
+        ref = next(iter(layer.lora_A.values())).weight
+        in_features = ref.shape[1]
+        out_features = next(iter(layer.lora_B.values())).weight.shape[0]
+        n = self.capacity + 1
+        self._buffers[id(layer)] = (torch.zeros((n, self.rank, in_features), dtype=self.dtype, device=ref.device),
+                                    torch.zeros((n, out_features, self.rank), dtype=self.dtype, device=ref.device))
+
+    def _grow(self, rank: int) -> None:
+        # A higher rank than any resident adapter's: every buffer is rebuilt wider, its contents kept.
+        for key, (a, b) in list(self._buffers.items()):
+            wide_a = torch.zeros((a.shape[0], rank, a.shape[2]), dtype=a.dtype, device=a.device)
+            wide_b = torch.zeros((b.shape[0], b.shape[1], rank), dtype=b.dtype, device=b.device)
+            wide_a[:, : self.rank].copy_(a)
+            wide_b[:, :, : self.rank].copy_(b)
+            self._buffers[key] = (wide_a, wide_b)
+        self.rank = rank
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every buffer (A then B per layer): what a captured step reads."""
+        return [t for pair in self._buffers.values() for t in pair]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffers hold (every index, used or not)."""
+        return sum(t.numel() * t.element_size() for pair in self._buffers.values() for t in pair)
+
+    # -- forward ----------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def route(self, plan: LoraPlan | None, row_slots: list[str], device: torch.device) -> Iterator[None]:
-        """Apply ``plan`` with one adapter per row for the forward passes inside this block.
+    def route(self, index: torch.Tensor | None) -> Iterator[None]:
+        """Apply the buffers with ``index[row]`` as each row's adapter for the forward passes inside this block.
 
-        The caller holds the model lock, so one plan is active at a time.
+        ``None`` (bare-base rows only, decided by the caller on the host) skips the gathers entirely. The caller
+        holds the model lock, so one index is active at a time.
         """
-        index = plan.row_index(row_slots, device) if plan is not None and plan.weights else None
-        # A step with only bare-base rows skips the gathers entirely.
-        self._active = (plan, index) if index is not None and bool(index.any()) else None
+        self._active = index if index is not None and self._buffers else None
         try:
             yield
         finally:
             self._active = None
 
     def _hook(self, layer: Any, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
-        if self._active is None:
+        index = self._active
+        if index is None:
             return None
-        plan, index = self._active
-        weights = plan.weights.get(id(layer))
+        weights = self._buffers.get(id(layer))
         if weights is None:
             return None
         a, b = weights

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from .adapters import BASE_SLOT, AdapterRegistry
+from .adapters import AdapterRegistry
 from .constraints import BatchMasker
 from .decode import DecodeRow, vision_inputs
 from .errors import EngineClosed, QueueFull, RequestTooLarge
@@ -125,8 +125,7 @@ class ContinuousScheduler:
         self._abort = False
         self._thread: threading.Thread | None = None
         self._masker: BatchMasker | None = None
-        self._router_key: tuple[str, ...] | None = None
-        self._router: Any = None
+        self._router = adapters.router()
         self._step_started, self._step_distinct = 0.0, 0
         self.stats = SchedulerStats()
 
@@ -270,9 +269,6 @@ class ContinuousScheduler:
 
     def _forward(self, rows: list[_Row], input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  logits_to_keep: Any, extra_inputs: dict[str, Any]) -> torch.Tensor:
-        key = tuple(sorted({r.slot_name for r in self._running + rows} - {BASE_SLOT}))
-        if key != self._router_key:  # a new set of adapters in the running batch: route through a new plan
-            self._router, self._router_key = self._adapters.router(list(key)), key
         distinct = len({r.slot_name for r in rows})
         self._step_started, self._step_distinct = time.monotonic(), distinct
         self.stats.mixed_steps += distinct > 1

@@ -85,11 +85,18 @@ def test_adapters_load_into_the_engine_as_written(tokenizer, tmp_path):
     engine = InferenceEngine(model, tokenizer, EngineConfig())
     for i, path in enumerate(dirs):
         engine.load_adapter(f"a{i}", path)
-    params = dict(model.named_parameters())
     saved = load_file(str(dirs[1] / "adapter_model.safetensors"))
     assert len(saved) == 2 * (2 * 7 + 1)  # A and B of 2 layers x 7 projections and lm_head
-    for key, tensor in saved.items():  # the engine's second adapter sits in PEFT slot_1
-        name = key.removeprefix("base_model.model.").replace(".weight", ".slot_1.weight")
-        assert torch.equal(params[name], tensor), key
+    # The engine's second adapter sits at entry 2 of every layer's stacked buffers (B times alpha / r), in the
+    # module order PEFT wraps them -- the order of the saved keys.
+    buffers = engine._adapters.stacked.tensors()
+    layer_names = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in saved},
+                         key=[n for n, _ in model.named_modules()].index)
+    assert len(buffers) == 2 * len(layer_names)
+    scaling = json.loads((dirs[1] / "adapter_config.json").read_text())
+    scaling = scaling["lora_alpha"] / scaling["r"]
+    for (a, b), name in zip(zip(buffers[::2], buffers[1::2]), layer_names):
+        assert torch.equal(a[2], saved[f"base_model.model.{name}.lora_A.weight"]), name
+        assert torch.allclose(b[2], saved[f"base_model.model.{name}.lora_B.weight"] * scaling), name
     assert bench.strip_lora(model) == 2 * 7 + 1
     assert not any("lora_" in n for n, _ in model.named_parameters())

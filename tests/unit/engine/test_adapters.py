@@ -6,6 +6,7 @@ import shutil
 import threading
 
 import pytest
+import torch
 
 from engine import (
     AdapterLoadError,
@@ -16,7 +17,7 @@ from engine import (
     SamplingParams,
     TooManyAdapters,
 )
-from tests.unit.engine.helpers import ADAPTER_NAMES, chat
+from tests.unit.engine.helpers import ADAPTER_NAMES, chat, make_adapter
 
 A, B, C = ADAPTER_NAMES
 
@@ -130,18 +131,48 @@ def test_first_load_during_a_bare_batch_keeps_bare_rows_bare(engine, tokenizer, 
     assert result[0].text == expected
 
 
-def test_stacked_plan_is_reused_until_residency_changes(engine, adapter_dirs):
+def test_adapters_live_in_buffers_allocated_once(engine, tokenizer, adapter_dirs):
     names = list(adapter_dirs)
-    engine.load_adapter(names[0], adapter_dirs[names[0]])
-    engine.load_adapter(names[1], adapter_dirs[names[1]])
     registry = engine._adapters
-    slot = registry.acquire({names[0]})[names[0]]
-    registry.release({names[0]})
-    first = registry.stacked_plan([slot])
-    assert registry.stacked_plan([slot]) is first  # no re-stacking per generate call
-    assert len(first.index_of) == 2  # every resident adapter, not only the batch's
-    engine.load_adapter(names[2], adapter_dirs[names[2]])
-    after_load = registry.stacked_plan([slot])
-    assert after_load is not first and len(after_load.index_of) == 3
+    engine.load_adapter(names[0], adapter_dirs[names[0]])
+    stacked = registry.stacked
+    addresses = [t.data_ptr() for t in stacked.tensors()]
+    # max_loaded_adapters (16) entries + the bare base's zeros, rank 8, in the model's dtype, 7 layers x 4 blocks.
+    assert len(addresses) == 2 * 7 * 4 and all(t.shape[0] == 17 and t.dtype == torch.float32 for t in stacked.tensors())
+    assert stacked.rank == 8 and registry.buffer_bytes == engine.stats()["lora_buffer_bytes"] > 0
+    request = GenerationRequest(prompt=chat(tokenizer, "Write a headline"), adapter=names[0],
+                                params=SamplingParams(max_new_tokens=6))
+    first = engine.generate([request])[0].text
+    for name in names[1:]:
+        engine.load_adapter(name, adapter_dirs[name])
     engine.unload_adapter(names[1])
-    assert len(registry.stacked_plan([slot]).index_of) == 2
+    engine.load_adapter(names[1], adapter_dirs[names[1]])  # reuses a freed entry
+    # Loads and unloads copy into entries: the same storage, never a rebuild; PEFT keeps no second copy.
+    assert [t.data_ptr() for t in stacked.tensors()] == addresses and stacked.reallocations == 0
+    assert not registry.wrapped and engine.stats()["lora_buffer_reallocations"] == 0
+    assert engine.generate([request])[0].text == first
+    engine.unload_adapter(names[0])  # its entry (the first, 1) is zeroed: an adapter that is gone adds nothing
+    a, b = stacked.tensors()[:2]
+    assert int(a[1].count_nonzero()) == int(b[1].count_nonzero()) == 0 and int(a[2].count_nonzero()) > 0
+    assert engine.stats()["loaded_adapters"] == sorted(names[1:])
+
+
+def test_a_higher_rank_grows_the_buffers_and_keeps_every_adapter(base_model, tokenizer, tiny_base_dir, adapter_dirs,
+                                                                   tmp_path):
+    from engine import EngineConfig, InferenceEngine
+
+    wide = make_adapter(tiny_base_dir, tmp_path / "wide", seed=7, r=16, targets=["q_proj", "v_proj"])
+    prompts = [GenerationRequest(prompt=chat(tokenizer, "Write a headline"), adapter=n,
+                                 params=SamplingParams(max_new_tokens=6)) for n in (ADAPTER_NAMES[0], "wide")]
+    expected = []
+    for name, path in ((ADAPTER_NAMES[0], adapter_dirs[ADAPTER_NAMES[0]]), ("wide", wide)):  # each alone, PEFT's path
+        peft_engine = InferenceEngine(type(base_model).from_pretrained(tiny_base_dir), tokenizer,
+                                      EngineConfig(lora_kernel="peft"))
+        peft_engine.load_adapter(name, path)
+        expected.append(peft_engine.generate([p for p in prompts if p.adapter == name])[0].text)
+    engine = InferenceEngine(base_model, tokenizer)
+    engine.load_adapter(ADAPTER_NAMES[0], adapter_dirs[ADAPTER_NAMES[0]])
+    engine.load_adapter("wide", wide)
+    stacked = engine._adapters.stacked
+    assert stacked.rank == 16 and stacked.reallocations == 1  # rank 8 -> 16, the first adapter's weights kept
+    assert [r.text for r in engine.generate(prompts)] == expected
