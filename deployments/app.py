@@ -155,8 +155,14 @@ def pool_settings(settings: AppSettings, store: Any, placement: AppPlacement, na
             planned[key] = opts[key]
     if opts.get("user_config"):
         planned["runtime"] = dict(opts["user_config"])
+    engine: dict[str, Any] = {}
     if pool.kv_cache_mb:  # the plan's KV share of the replica budget: the engine's continuous KV cache
-        planned["engine"] = {"kv_cache_bytes": pool.kv_cache_mb * 1024 * 1024}
+        engine["kv_cache_bytes"] = pool.kv_cache_mb * 1024 * 1024
+    models = (opts.get("user_config") or {}).get("max_num_models_per_replica")
+    if models:  # the plan's adapter slots (adapters_mb): the engine's stacked LoRA buffers hold that many
+        engine["max_loaded_adapters"] = int(models)
+    if engine:
+        planned["engine"] = engine
     overrides = _merge(settings.llm, settings.pools.get(name, {}))
     if "num_replicas" in overrides:
         planned.pop("autoscaling_config", None)

@@ -211,6 +211,9 @@ def test_placement_then_llm_then_pool_args(seeded_store_root):
     assert full.ray_actor_options["memory"] == placement.pools["BaseLLM-fp32"].memory_budget_mb * 1024 * 1024
     assert full.runtime.max_batch_size == 8 and int8.runtime.max_batch_size == 4
     assert int8.runtime.max_num_models_per_replica == 2  # analyst + re_ranker
+    # The engine's stacked LoRA buffers hold the adapter slots the plan reserved (adapters_mb), no more.
+    assert int8.engine.max_loaded_adapters == 2
+    assert full.engine.max_loaded_adapters == full.runtime.max_num_models_per_replica
     # The continuous loop's KV cache is the plan's KV share of the budget, and holds the planned sequences.
     kv_mb = placement.pools["BaseLLM-fp32"].kv_cache_mb
     assert kv_mb and full.engine.kv_cache_bytes == kv_mb * 1024 * 1024
