@@ -257,13 +257,14 @@ class AdapterRegistry:
         for resident in to_delete:
             self._delete(resident)
 
-    def row_index(self, row_slots: list[str], device: torch.device) -> torch.Tensor | None:
-        """Each row's entry in the stacked buffers (0: the bare base), or None when every row is bare. Decided on
-        the host, so a step never waits on the device to learn it. The rows' adapters are pinned (acquired), so
-        their entries cannot be freed or reused under a running batch."""
+    def row_index(self, row_slots: list[str], device: torch.device) -> tuple[torch.Tensor | None, int]:
+        """Each row's entry in the stacked buffers (0: the bare base) and the highest of them; ``(None, 0)`` when
+        every row is bare. Decided on the host, so a step never waits on the device to learn it. The rows'
+        adapters are pinned (acquired), so their entries cannot be freed or reused under a running batch."""
         with self._lock:
             index = [self._index_of_slot.get(s, 0) for s in row_slots]
-        return torch.tensor(index, dtype=torch.long).to(device, non_blocking=True) if any(index) else None
+        top = max(index, default=0)
+        return (torch.tensor(index, dtype=torch.long).to(device, non_blocking=True), top) if top else (None, 0)
 
     @property
     def stacked(self) -> StackedLora | None:
@@ -332,7 +333,7 @@ class BatchRouter:
     def step(self, row_slots: list[str], device: torch.device) -> Iterator[dict[str, Any]]:
         """Context for one forward pass (entered under the model lock); yields extra forward kwargs."""
         if self._stacked is not None:
-            with self._stacked.route(self._registry.row_index(row_slots, device)):
+            with self._stacked.route(*self._registry.row_index(row_slots, device)):
                 yield {}
         elif self._registry.wrapped:
             yield {"adapter_names": row_slots}

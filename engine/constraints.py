@@ -56,7 +56,7 @@ class GrammarJob:
 class GrammarCache:
     """Compiles JSON schemas for one tokenizer on a bounded worker pool and keeps the last ``capacity`` of them.
 
-    Compiles run in ``workers`` threads of their own, never in the decode loop: a caller :meth:`submit`\ s a
+    Compiles run in ``workers`` threads of their own, never in the decode loop: a caller :meth:`submit` queues a
     schema (concurrent requests for one schema share one compile) and waits for the job with
     :meth:`wait` or :meth:`wait_left`. A compile that runs longer than ``timeout_s`` is refused, and so is
     every later request for the same schema, without compiling it again.

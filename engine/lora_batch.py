@@ -5,16 +5,21 @@ and loops over the batch's distinct adapters in every layer. Measured on the tin
 adapters + bare base, 2 CPU cores) that costs 2.5x the decode time of this module, which instead keeps,
 per LoRA layer, two buffers allocated once:
 
-* ``A`` of ``[capacity + 1, rank, in]`` and ``B`` of ``[capacity + 1, out, rank]`` in the model's compute
+* ``A`` of ``[capacity + 1, rank, in]`` and ``B`` of ``[capacity + 1, rank, out]`` in the model's compute
   dtype; entry 0 stays zero (bare-base rows), entry ``k`` holds the adapter resident at index ``k`` with
   its scaling folded into B; a lower rank is zero-padded, which adds exact zeros.
 * Loading an adapter copies its weights into its index (:meth:`StackedLora.write`); unloading zeroes it
   (:meth:`clear`). Neither allocates, so the buffers keep their addresses for a captured decode step; only
   an adapter of a higher rank than any before grows them (counted in :attr:`reallocations`), and so does
   the first adapter to touch a layer no earlier one did.
-* Per forward, a row index (one entry per row) gathers ``A[index]`` / ``B[index]`` and adds
-  ``(x @ A^T) @ B^T`` in two ``bmm``. Each row's arithmetic is independent of its neighbours, so a row
-  gives the same tokens alone or mixed.
+* Per forward, each row's delta ``(x @ A_k^T) @ B_k`` for its entry ``k`` comes from one of two kernels:
+  **dense** for a decode step whose entries in use are no more than its rows (the usual case: 8 adapters, 32
+  rows) -- ``x @ A_flat^T`` over every used entry's stacked ranks, a mask (built once per step, on the host's
+  knowledge of the highest entry) that zeroes all but the row's own block, then ``@ B_flat``: each entry's
+  weights are read once per layer, no copy; **gather** otherwise -- ``A[index]`` / ``B[index]`` per row and two
+  ``bmm`` (a prefill's many tokens per row amortise the copy; measured in bench/RESULTS.md).
+  The masked-off blocks add exact zeros, so both compute the same sum; a row's arithmetic never mixes with
+  its neighbours', so a row gives the same tokens alone or mixed.
 
 PEFT still parses and injects an adapter (its key names, ``rank_pattern``, ``alpha_pattern``, rsLoRA
 scaling), then the registry copies it here and deletes PEFT's copy: the buffers are the only copy of an
@@ -104,7 +109,7 @@ class StackedLora:
                 a, b = self._buffers[id(layer)]
                 r = layer.lora_A[slot].weight.shape[0]
                 a[index, :r].copy_(layer.lora_A[slot].weight)
-                b[index, :, :r].copy_(layer.lora_B[slot].weight * layer.scaling[slot])
+                b[index, :r].copy_((layer.lora_B[slot].weight * layer.scaling[slot]).T)
 
     def clear(self, index: int) -> None:
         """Zero ``index`` in every buffer (an unloaded adapter adds nothing, a reused index starts clean)."""
@@ -119,16 +124,15 @@ class StackedLora:
         out_features = next(iter(layer.lora_B.values())).weight.shape[0]
         n = self.capacity + 1
         self._buffers[id(layer)] = (torch.zeros((n, self.rank, in_features), dtype=self.dtype, device=ref.device),
-                                    torch.zeros((n, out_features, self.rank), dtype=self.dtype, device=ref.device))
+                                    torch.zeros((n, self.rank, out_features), dtype=self.dtype, device=ref.device))
 
     def _grow(self, rank: int) -> None:
         # A higher rank than any resident adapter's: every buffer is rebuilt wider, its contents kept.
-        for key, (a, b) in list(self._buffers.items()):
-            wide_a = torch.zeros((a.shape[0], rank, a.shape[2]), dtype=a.dtype, device=a.device)
-            wide_b = torch.zeros((b.shape[0], b.shape[1], rank), dtype=b.dtype, device=b.device)
-            wide_a[:, : self.rank].copy_(a)
-            wide_b[:, :, : self.rank].copy_(b)
-            self._buffers[key] = (wide_a, wide_b)
+        for key, pair in list(self._buffers.items()):
+            wide = tuple(torch.zeros((t.shape[0], rank, t.shape[2]), dtype=t.dtype, device=t.device) for t in pair)
+            for old, new in zip(pair, wide):
+                new[:, : self.rank].copy_(old)
+            self._buffers[key] = wide
         self.rank = rank
 
     def tensors(self) -> list[torch.Tensor]:
@@ -143,21 +147,33 @@ class StackedLora:
     # -- forward ----------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def route(self, index: torch.Tensor | None) -> Iterator[None]:
+    def route(self, index: torch.Tensor | None, entries: int = 0) -> Iterator[None]:
         """Apply the buffers with ``index[row]`` as each row's adapter for the forward passes inside this block.
 
-        ``None`` (bare-base rows only, decided by the caller on the host) skips the gathers entirely. The caller
-        holds the model lock, so one index is active at a time.
+        Args:
+            index: each row's entry (0: bare base), on the model's device; None (bare-base rows only, decided by
+                the caller on the host) skips the LoRA work entirely.
+            entries: the highest entry ``index`` holds (known on the host), which bounds the dense kernel.
+
+        The caller holds the model lock, so one index is active at a time.
         """
-        self._active = index if index is not None and self._buffers else None
+        if index is None or not self._buffers:
+            self._active = None
+        elif 0 < entries <= index.shape[0]:
+            # Dense may serve this step's decode forwards: the mask that keeps each row's own block, built once.
+            rank = self.rank
+            blocks = torch.arange(rank * entries, device=index.device) // rank + 1
+            self._active = (index, entries, (blocks[None, :] == index[:, None]).to(self.dtype)[:, None, :])
+        else:
+            self._active = (index, entries, None)
         try:
             yield
         finally:
             self._active = None
 
     def _hook(self, layer: Any, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
-        index = self._active
-        if index is None:
+        active = self._active
+        if active is None:
             return None
         weights = self._buffers.get(id(layer))
         if weights is None:
@@ -165,5 +181,15 @@ class StackedLora:
         a, b = weights
         x = args[0] if args else kwargs["x"]
         x3 = x.to(a.dtype).reshape(x.shape[0], -1, x.shape[-1])
-        delta = torch.bmm(torch.bmm(x3, a[index].transpose(1, 2)), b[index].transpose(1, 2))
+        index, entries, mask = active
+        if mask is not None and x3.shape[1] == 1:
+            # Dense (a decode step, no more entries than rows): each entry's weights are read once, in two plain
+            # matmuls over the entries' stacked ranks (views: the buffers are contiguous); the mask keeps each
+            # row's own block.
+            a_flat = a[1 : entries + 1].reshape(-1, a.shape[-1])
+            b_flat = b[1 : entries + 1].reshape(-1, b.shape[-1])
+            delta = torch.matmul(torch.matmul(x3, a_flat.T) * mask, b_flat)
+        else:
+            # Gather (prefill, whose many tokens per row amortise the copy; or fewer rows than entries).
+            delta = torch.bmm(torch.bmm(x3, a[index].transpose(1, 2)), b[index])
         return output + delta.reshape(output.shape).to(output.dtype)

@@ -87,7 +87,7 @@ def test_adapters_load_into_the_engine_as_written(tokenizer, tmp_path):
         engine.load_adapter(f"a{i}", path)
     saved = load_file(str(dirs[1] / "adapter_model.safetensors"))
     assert len(saved) == 2 * (2 * 7 + 1)  # A and B of 2 layers x 7 projections and lm_head
-    # The engine's second adapter sits at entry 2 of every layer's stacked buffers (B times alpha / r), in the
+    # The engine's second adapter sits at entry 2 of every layer's stacked buffers (B^T times alpha / r), in the
     # module order PEFT wraps them -- the order of the saved keys.
     buffers = engine._adapters.stacked.tensors()
     layer_names = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in saved},
@@ -97,6 +97,6 @@ def test_adapters_load_into_the_engine_as_written(tokenizer, tmp_path):
     scaling = scaling["lora_alpha"] / scaling["r"]
     for (a, b), name in zip(zip(buffers[::2], buffers[1::2]), layer_names):
         assert torch.equal(a[2], saved[f"base_model.model.{name}.lora_A.weight"]), name
-        assert torch.allclose(b[2], saved[f"base_model.model.{name}.lora_B.weight"] * scaling), name
+        assert torch.allclose(b[2], saved[f"base_model.model.{name}.lora_B.weight"].T * scaling), name
     assert bench.strip_lora(model) == 2 * 7 + 1
     assert not any("lora_" in n for n, _ in model.named_parameters())

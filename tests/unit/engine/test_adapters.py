@@ -176,3 +176,28 @@ def test_a_higher_rank_grows_the_buffers_and_keeps_every_adapter(base_model, tok
     stacked = engine._adapters.stacked
     assert stacked.rank == 16 and stacked.reallocations == 1  # rank 8 -> 16, the first adapter's weights kept
     assert [r.text for r in engine.generate(prompts)] == expected
+
+
+def test_the_dense_and_gather_kernels_give_the_same_delta(loaded_engine, tokenizer):
+    """A decode step (one token per row) with no more entries in use than rows takes the dense kernel, anything
+    else the gather; both must compute the same logits, and leave bare rows exactly bare."""
+    registry = loaded_engine._adapters
+    stacked = registry.stacked
+    names = list(ADAPTER_NAMES)
+    slots = registry.acquire(set(names))
+    try:
+        rows = [slots[n] for n in names] + ["__base__", slots[names[0]]]  # 3 adapters, a bare row, a repeat
+        ids = {"input_ids": torch.tensor([[tokenizer.convert_tokens_to_ids(t)] for t in ("a", "b", "c", "d", "e")])}
+        index, top = registry.row_index(rows, torch.device("cpu"))
+        assert top == 3 and index.tolist()[3] == 0
+
+        def logits(entries):
+            with torch.inference_mode(), stacked.route(index, entries):
+                return registry.model(**ids).logits
+
+        dense, gather = logits(top), logits(0)  # entries 0: never dense
+        bare = registry.model(**ids).logits
+        assert torch.allclose(dense, gather, atol=1e-5, rtol=1e-5)
+        assert torch.equal(dense[3], bare[3]) and not torch.allclose(dense[0], bare[0])  # only adapter rows move
+    finally:
+        registry.release(set(names))
