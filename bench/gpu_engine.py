@@ -450,12 +450,22 @@ def run(args) -> dict:
                                   seed=args.seed + 1000)
             for name, path in zip(names, dirs):
                 engine.load_adapter(name, path)
-            lora = [p for n, p in model.named_parameters() if "lora_" in n]
+            stats = engine.stats()
             doc["adapters"] = {"count": args.adapters, "rank": args.rank, "targets": LORA_TARGETS,
-                               "write_and_load_s": clock() - t0, "bytes": engine.stats()["adapter_memory_bytes"],
-                               "resident_dtype": str(lora[0].dtype) if lora else None}
+                               "write_and_load_s": clock() - t0, "bytes": stats["adapter_memory_bytes"],
+                               "lora_buffer_bytes": stats["lora_buffer_bytes"],
+                               "resident_dtype": str(dtype)}  # the stacked buffers are in the compute dtype
         for mode in ("one_adapter", "mixed"):
             engine_cases(mode)
+        n = args.hf_rows
+        if "continuous" in args.paths and n in args.rows:  # the same mixed rows, the gather on every decode step
+            def gather_case() -> dict:
+                runner.continuous(requests("mixed", n, args.warmup_tokens), args.warmup_tokens)
+                return runner.continuous(requests("mixed", n, args.new_tokens), args.new_tokens)
+            engine.set_lora_decode_kernel("gather")
+            out.case(f"continuous/mixed_gather/{n}", gather_case, memory, path="continuous", mode="mixed", rows=n,
+                     adapters=min(n, args.adapters), lora_decode_kernel="gather")
+            engine.set_lora_decode_kernel("auto")
     engine.close()
     runner.engine = engine = None  # drop the engine: its KV cache and adapters' weights
     doc["lora_layers_stripped"] = strip_lora(model)
@@ -487,6 +497,9 @@ def ratios(doc: dict, args) -> dict:
             f"roofline_fraction_at_{n}": mixed.get("decode_tokens_per_s", nan) / roof,
             f"mixed{args.adapters}_decode_vs_compiled_hf_decode_at_{n}":
                 mixed.get("decode_tokens_per_s", nan) / hf.get("decode_tokens_per_s", nan),
+            f"mixed{args.adapters}_dense_vs_gather_decode_ms_at_{n}":
+                mixed.get("decode_ms_per_step", nan) / cases.get(f"continuous/mixed_gather/{n}", {}).get(
+                    "decode_ms_per_step", nan),
             "hf_static_compiled": hf.get("compiled")}
 
 
@@ -508,7 +521,9 @@ def print_table(doc: dict, path: Path) -> None:
     print(f"HF static-cache reference compiled: {doc['ratios']['hf_static_compiled']}; peak memory "
           f"{doc['peak_memory_bytes'] / 2**30:.2f} GiB ({doc['build']['memory_kind']}); {doc['runtime_s']:.0f} s; "
           f"raw data {path}")
-    for key in list(doc["ratios"])[:2]:
+    dense = next(k for k in doc["ratios"] if "_dense_vs_gather_" in k)
+    print(f"{dense}: {doc['ratios'][dense]:.4g}")
+    for key in list(doc["ratios"])[:2]:  # the issue's two ratio lines, last
         print(f"{key}: {doc['ratios'][key]:.4g}")
 
 

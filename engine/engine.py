@@ -68,7 +68,8 @@ class InferenceEngine:
         # One forward at a time: PEFT routes rows to adapters through hooks it installs per call.
         self._model_lock = threading.RLock()
         self._adapters = AdapterRegistry(model, self.config.max_loaded_adapters, self._model_lock,
-                                         self.config.lora_kernel, dtype=model.get_input_embeddings().weight.dtype)
+                                         self.config.lora_kernel, dtype=model.get_input_embeddings().weight.dtype,
+                                         dense_decode=self.config.lora_decode_kernel == "auto")
         self._grammars: GrammarCache | None = None
         self._grammar_lock = threading.Lock()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -262,6 +263,16 @@ class InferenceEngine:
         """The continuous loop's KV cache (None before the first ``submit``)."""
         return self._scheduler.cache if self._scheduler is not None else None
 
+    def set_lora_decode_kernel(self, kind: str) -> None:
+        """Switch ``lora_decode_kernel`` ('auto' or 'gather') from the next step on (benchmarks compare the two).
+
+        Raises:
+            ValueError: an unknown kind.
+        """
+        self.config = self.config.model_copy(update={"lora_decode_kernel": EngineConfig(lora_decode_kernel=kind)
+                                                     .lora_decode_kernel})
+        self._adapters.set_dense_decode(kind == "auto")
+
     def kv_bytes_per_token(self) -> int:
         """Bytes of K and V one token takes in this model (all layers), in the engine's compute dtype."""
         return kv_bytes_per_token(self._model_config_full, self._kv_dtype)
@@ -402,6 +413,7 @@ class InferenceEngine:
             "pending_unloads": self._adapters.pending_unloads(),
             "adapter_loads": self._adapters.loads,
             "lora_kernel": self.config.lora_kernel,
+            "lora_decode_kernel": self.config.lora_decode_kernel,
             "lora_buffer_bytes": self._adapters.buffer_bytes,
             "lora_buffer_reallocations": self._adapters.buffer_reallocations,
             "adapter_unloads": self._adapters.unloads,

@@ -66,11 +66,13 @@ class StackedLora:
     Args:
         capacity: adapters resident at once (indices ``1..capacity``; 0 is the bare base).
         dtype: of the buffers: the model's compute dtype (a bf16 base gets bf16 adapters).
+        dense_decode: let decode steps take the dense kernel when it reads less (False: always gather).
     """
 
-    def __init__(self, capacity: int, dtype: torch.dtype):
+    def __init__(self, capacity: int, dtype: torch.dtype, dense_decode: bool = True):
         self.capacity = capacity
         self.dtype = dtype
+        self.dense_decode = dense_decode
         self.rank = 0
         self.reallocations = 0
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(layer) -> (A, B)
@@ -159,7 +161,7 @@ class StackedLora:
         """
         if index is None or not self._buffers:
             self._active = None
-        elif 0 < entries <= index.shape[0]:
+        elif self.dense_decode and 0 < entries <= index.shape[0]:
             # Dense may serve this step's decode forwards: the mask that keeps each row's own block, built once.
             rank = self.rank
             blocks = torch.arange(rank * entries, device=index.device) // rank + 1

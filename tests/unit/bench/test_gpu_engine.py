@@ -34,6 +34,7 @@ def test_every_case_measured_and_the_ratio_lines_last(tmp_path, capsys):
 
     expected = {f"continuous/{mode}/{rows}" for mode in bench.MODES for rows in (1, 3)}
     expected |= {f"static/{mode}/3" for mode in bench.MODES} | {"hf/eager/3", "hf/static/3"}
+    expected |= {"continuous/mixed_gather/3"}  # the mixed rows again, the per-row gather on every decode step
     written = json.loads((tmp_path / "tiny-cpu.json").read_text())
     assert set(written["cases"]) == set(doc["cases"]) == expected
     for name, case in written["cases"].items():
@@ -45,11 +46,14 @@ def test_every_case_measured_and_the_ratio_lines_last(tmp_path, capsys):
             assert case["prefills"] == 1, name  # all rows joined in one prefill
             assert case["prefix_hits"] == 0, name  # fresh prompts: no run is served from a warm-up's blocks
     assert written["cases"]["continuous/mixed/3"]["adapters"] == 2
+    assert written["cases"]["continuous/mixed_gather/3"]["lora_decode_kernel"] == "gather"
     assert written["cases"]["hf/static/3"]["compiled"] is False
     assert written["lora_layers_stripped"] == 4 * 7 + 1  # tiny: 4 layers x 7 projections, and lm_head
     assert written["roofline"]["floor_ms_per_step"] > 0
 
     lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"mixed2_dense_vs_gather_decode_ms_at_3: \S+", lines[-3])
+    assert float(lines[-3].split(": ")[1]) > 0
     assert re.fullmatch(r"mixed2_vs_compiled_hf_at_3: \S+", lines[-2])
     assert re.fullmatch(r"roofline_fraction_at_3: \S+", lines[-1])
     values = [float(line.split(": ")[1]) for line in lines[-2:]]

@@ -201,3 +201,15 @@ def test_the_dense_and_gather_kernels_give_the_same_delta(loaded_engine, tokeniz
         assert torch.equal(dense[3], bare[3]) and not torch.allclose(dense[0], bare[0])  # only adapter rows move
     finally:
         registry.release(set(names))
+
+
+def test_the_decode_kernel_switches_at_runtime_and_refuses_unknown_kinds(loaded_engine):
+    stacked = loaded_engine._adapters.stacked
+    assert stacked.dense_decode and loaded_engine.stats()["lora_decode_kernel"] == "auto"
+    loaded_engine.set_lora_decode_kernel("gather")
+    assert not stacked.dense_decode and loaded_engine.config.lora_decode_kernel == "gather"
+    with pytest.raises(ValueError, match="lora_decode_kernel"):
+        loaded_engine.set_lora_decode_kernel("fast")
+    assert loaded_engine.config.lora_decode_kernel == "gather"  # a refused switch changes nothing
+    loaded_engine.set_lora_decode_kernel("auto")
+    assert stacked.dense_decode
