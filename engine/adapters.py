@@ -148,10 +148,15 @@ class AdapterRegistry:
                 self._next_slot += 1
                 index = self._free_indices.pop() if self._stacked is not None else 0
             try:
-                self._inject(name, slot, path)
+                self._inject(name, slot, path)  # on failure it drops what it injected
                 nbytes = self._slot_bytes(slot)
                 if self._stacked is not None:
-                    self._stacked.write(self._peft, slot, index)
+                    try:
+                        self._stacked.write(self._peft, slot, index)
+                    except BaseException:  # e.g. out of memory growing the buffers: nothing of it may stay
+                        self._stacked.clear(index)
+                        self._drop_failed(slot)
+                        raise
                     self._drop_peft_copy(slot)
             except BaseException:
                 if self._stacked is not None:

@@ -76,7 +76,7 @@ class StackedLora:
         self.rank = 0
         self.reallocations = 0
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(layer) -> (A, B)
-        self._active: torch.Tensor | None = None
+        self._active: tuple[torch.Tensor, int, torch.Tensor | None] | None = None  # (index, entries, dense mask)
 
     # -- residency ------------------------------------------------------------------------------------------
 

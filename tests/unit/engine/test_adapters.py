@@ -213,3 +213,23 @@ def test_the_decode_kernel_switches_at_runtime_and_refuses_unknown_kinds(loaded_
     assert loaded_engine.config.lora_decode_kernel == "gather"  # a refused switch changes nothing
     loaded_engine.set_lora_decode_kernel("auto")
     assert stacked.dense_decode
+
+
+def test_a_load_that_fails_copying_into_the_buffers_leaves_nothing_behind(engine, adapter_dirs, monkeypatch):
+    from engine.lora_batch import StackedLora
+
+    registry = engine._adapters
+    real_write = StackedLora.write
+
+    def out_of_memory(self, model, slot, index):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(StackedLora, "write", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.load_adapter(ADAPTER_NAMES[0], adapter_dirs[ADAPTER_NAMES[0]])
+    assert engine.loaded_adapters() == [] and not registry.wrapped  # no resident, no PEFT copy left over
+    monkeypatch.setattr(StackedLora, "write", real_write)
+    engine.load_adapter(ADAPTER_NAMES[0], adapter_dirs[ADAPTER_NAMES[0]])
+    index, top = registry.row_index([registry.acquire({ADAPTER_NAMES[0]})[ADAPTER_NAMES[0]]], torch.device("cpu"))
+    registry.release({ADAPTER_NAMES[0]})
+    assert top == 1  # the failed load gave its entry back
