@@ -12,9 +12,8 @@ from .config import EngineConfig
 from .engine import InferenceEngine
 from .errors import *  # noqa: F403 -- every engine error, listed once in errors.__all__
 from .kv_slots import SlotKVCache
-from .loader import AdapterLoader
 from .params import GenerationRequest, GenerationResult, SamplingParams
 from .scheduler import RowHandle
 
-__all__ = ["EngineConfig", "SamplingParams", "GenerationRequest", "GenerationResult", "InferenceEngine", "AdapterLoader",
+__all__ = ["EngineConfig", "SamplingParams", "GenerationRequest", "GenerationResult", "InferenceEngine",
            "AdapterRegistry", "RowHandle", "SlotKVCache", *errors.__all__]

@@ -1,4 +1,13 @@
-"""Resident LoRA adapters inside one base model: load, deferred unload, in-use counts, memory.
+"""Resident LoRA adapters inside one base model: load, references, deferred unload, memory.
+
+:class:`AdapterRegistry` is the one owner of an adapter's residency and reference count. Every user of an
+adapter holds a reference: a running row (:meth:`AdapterRegistry.acquire` / :meth:`~AdapterRegistry.release`),
+and whatever a serving layer holds on a caller's behalf (:meth:`~AdapterRegistry.hold` /
+:meth:`~AdapterRegistry.unhold`: Serve's cached model handle, a request queued before its row exists). An
+adapter loaded with ``hold=True`` is unloaded when its last reference goes; one loaded plainly stays until
+:meth:`~AdapterRegistry.unload`, which waits for the references to go. The unload runs in the thread that
+drops the last reference, under the model lock, so no forward ever sees it half gone; a load finding no room
+raises :class:`TooManyAdapters`, and :meth:`~AdapterRegistry.wait_for_room` waits for an unload.
 
 All adapters live in one ``PeftModel`` wrapped around the single copy of the base weights. PEFT names
 adapters after ``ModuleDict`` keys, which may not hold dots (``synthesizer/default@1.0`` has one), so
@@ -53,12 +62,13 @@ class _Resident:
     path: Path
     nbytes: int
     index: int = 0  # its entry in the stacked LoRA buffers (lora_kernel "gathered"); 0 with "peft"
-    in_use: int = 0
-    unloading: bool = False
+    refs: int = 0  # running rows + holds
+    unloading: bool = False  # unload() asked: hidden from new users, gone when refs reach 0
+    when_idle: bool = False  # loaded with hold=True: unloaded when refs reach 0
 
 
 class AdapterRegistry:
-    """Tracks which adapters are resident in the base and which running batches use them.
+    """The one owner of which adapters are resident in the base and of who references them (rows, holds).
 
     Args:
         base_model: the loaded Hugging Face causal LM (never copied).
@@ -84,7 +94,9 @@ class AdapterRegistry:
         self._max_loaded = max_loaded
         self._model_lock = model_lock
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when an adapter is deleted
         self._residents: dict[str, _Resident] = {}
+        self.load_counts: dict[str, int] = {}  # injections per adapter name (a reload after an unload counts again)
         self._next_slot = 0
         self.loads = 0
         self.unloads = 0
@@ -125,8 +137,17 @@ class AdapterRegistry:
             if self._stacked is not None:
                 self._stacked.install(self._peft)  # set_adapter must not switch PEFT's own path back on
 
-    def load(self, name: str, path: Path) -> None:
-        """Load adapter ``name`` from ``path``; a no-op when it is already resident from that path."""
+    def load(self, name: str, path: Path, *, hold: bool = False) -> None:
+        """Load adapter ``name`` from ``path``; a no-op when it is already resident from that path.
+
+        Args:
+            hold: also take a reference (atomically with the load, so no unload can come between); an adapter
+                first loaded this way is unloaded when its last reference goes. A plain load makes it stay.
+
+        Raises:
+            AdapterLoadError: a bad directory, weights that do not fit, or ``name`` resident from another path.
+            TooManyAdapters: ``max_loaded_adapters`` are resident (see :meth:`wait_for_room`).
+        """
         path = Path(path).resolve()
         validate_adapter_dir(path)
         with self._model_lock:
@@ -138,6 +159,10 @@ class AdapterRegistry:
                             f"adapter {name!r} is loaded from {str(current.path)!r}, not {str(path)!r}; unload it first"
                         )
                     current.unloading = False  # a reload cancels a pending deferred unload
+                    if hold:
+                        current.refs += 1
+                    else:
+                        current.when_idle = False  # loaded on purpose: it stays
                     return
                 if len(self._residents) >= self._max_loaded:
                     raise TooManyAdapters(
@@ -164,9 +189,11 @@ class AdapterRegistry:
                         self._free_indices.append(index)
                 raise
             with self._lock:
-                self._residents[name] = _Resident(name=name, slot=slot, path=path, nbytes=nbytes, index=index)
+                self._residents[name] = _Resident(name=name, slot=slot, path=path, nbytes=nbytes, index=index,
+                                                  refs=int(hold), when_idle=hold)
                 self._index_of_slot[slot] = index
                 self.loads += 1
+                self.load_counts[name] = self.load_counts.get(name, 0) + 1
 
     def _inject(self, name: str, slot: str, path: Path) -> None:
         from peft import PeftConfig, PeftModel
@@ -206,7 +233,7 @@ class AdapterRegistry:
         self._repair_active()
 
     def unload(self, name: str) -> None:
-        """Unload ``name`` now, or as soon as the last running batch that uses it ends.
+        """Unload ``name`` now, or as soon as its last reference (running rows, holds) goes.
 
         Raises:
             AdapterNotLoaded: ``name`` is not resident (or already waiting to unload).
@@ -216,10 +243,52 @@ class AdapterRegistry:
             if resident is None or resident.unloading:
                 raise AdapterNotLoaded(f"adapter {name!r} is not loaded; loaded: {self._visible()}")
             resident.unloading = True
-            if resident.in_use:
+        self._drop_if_idle(resident)
+
+    def hold(self, name: str) -> None:
+        """Take a reference to resident ``name`` for a caller (a cached handle, a queued request).
+
+        Raises:
+            AdapterNotLoaded: ``name`` is not resident or is being unloaded.
+        """
+        with self._lock:
+            resident = self._residents.get(name)
+            if resident is None or resident.unloading:
+                raise AdapterNotLoaded(f"adapter {name!r} is not loaded; loaded: {self._visible()}")
+            resident.refs += 1
+
+    def unhold(self, name: str) -> None:
+        """Drop a reference :meth:`hold` (or ``load(hold=True)``) took; the last one may unload the adapter, in
+        this thread, under the model lock (call it off an event loop).
+
+        Raises:
+            AdapterNotLoaded: ``name`` holds no reference.
+        """
+        with self._lock:
+            resident = self._residents.get(name)
+            if resident is None or resident.refs <= 0:
+                raise AdapterNotLoaded(f"adapter {name!r} holds no reference to drop")
+            resident.refs -= 1
+        self._drop_if_idle(resident)
+
+    def wait_for_room(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until fewer than ``max_loaded_adapters`` are resident; True if there is room."""
+        with self._room:
+            return self._room.wait_for(lambda: len(self._residents) < self._max_loaded, timeout_s)
+
+    def _drop_if_idle(self, resident: _Resident) -> None:
+        # Checked again under the model lock: a load(hold=True) may have taken a reference meanwhile.
+        with self._lock:
+            if not (resident.refs == 0 and (resident.unloading or resident.when_idle)):
                 return
-            del self._residents[name]
-        self._delete(resident)
+        with self._model_lock:
+            with self._lock:
+                idle = (self._residents.get(resident.name) is resident and resident.refs == 0
+                        and (resident.unloading or resident.when_idle))
+                if idle:
+                    del self._residents[resident.name]
+            if idle:
+                self._delete(resident)
 
     def _delete(self, resident: _Resident) -> None:
         with self._model_lock:
@@ -231,14 +300,15 @@ class AdapterRegistry:
                     warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
                     self._peft.delete_adapter(resident.slot)
                     self._repair_active()
-        with self._lock:
+        with self._room:
             self.unloads += 1
             self._index_of_slot.pop(resident.slot, None)
             if self._stacked is not None:
                 self._free_indices.append(resident.index)
+            self._room.notify_all()
 
     def acquire(self, names: set[str]) -> dict[str, str]:
-        """Pin adapters for one batch and return ``{name: slot}``; all or nothing.
+        """Take a reference to each adapter for one batch and return ``{name: slot}``; all or nothing.
 
         Raises:
             AdapterNotLoaded: one of ``names`` is not resident or is being unloaded.
@@ -248,21 +318,17 @@ class AdapterRegistry:
             if missing:
                 raise AdapterNotLoaded(f"adapter(s) {missing} not loaded; loaded: {self._visible()}")
             for n in names:
-                self._residents[n].in_use += 1
+                self._residents[n].refs += 1
             return {n: self._residents[n].slot for n in names}
 
     def release(self, names: set[str]) -> None:
-        """Unpin adapters after a batch; performs any unload deferred while they were in use."""
-        to_delete = []
+        """Drop the references :meth:`acquire` took; performs an unload that waited for them."""
         with self._lock:
-            for n in names:
-                resident = self._residents[n]
-                resident.in_use -= 1
-                if resident.in_use == 0 and resident.unloading:
-                    del self._residents[n]
-                    to_delete.append(resident)
-        for resident in to_delete:
-            self._delete(resident)
+            residents = [self._residents[n] for n in names]
+            for resident in residents:
+                resident.refs -= 1
+        for resident in residents:
+            self._drop_if_idle(resident)
 
     def row_index(self, row_slots: list[str], device: torch.device) -> tuple[torch.Tensor | None, int]:
         """Each row's entry in the stacked buffers (0: the bare base) and the highest of them; ``(None, 0)`` when
@@ -312,8 +378,13 @@ class AdapterRegistry:
             resident = self._residents.get(name)
             return resident is not None and not resident.unloading
 
+    def references(self) -> dict[str, int]:
+        """References per resident adapter (running rows + holds), pending unloads included."""
+        with self._lock:
+            return {n: r.refs for n, r in sorted(self._residents.items())}
+
     def pending_unloads(self) -> list[str]:
-        """Adapters whose unload waits for running batches."""
+        """Adapters whose unload waits for their references to go."""
         with self._lock:
             return sorted(n for n, r in self._residents.items() if r.unloading)
 

@@ -85,17 +85,42 @@ class InferenceEngine:
 
     # -- adapters ---------------------------------------------------------------------------------
 
-    def load_adapter(self, name: str, path: str | Path) -> None:
+    def load_adapter(self, name: str, path: str | Path, *, hold: bool = False) -> None:
         """Load a PEFT LoRA adapter directory (safetensors only) under ``name``. Idempotent.
+
+        Args:
+            hold: also take a reference for the caller (released with :meth:`release_adapter`); an adapter first
+                loaded this way is unloaded when its last reference goes. A plain load stays until unloaded.
 
         Raises:
             AdapterLoadError: bad directory, pickle weights, or weights that do not fit the base.
-            TooManyAdapters: ``max_loaded_adapters`` are already resident.
+            TooManyAdapters: ``max_loaded_adapters`` are already resident (:meth:`wait_for_adapter_room`).
         """
-        self._adapters.load(name, Path(path))
+        self._adapters.load(name, Path(path), hold=hold)
+
+    def hold_adapter(self, name: str) -> None:
+        """Take a reference to resident ``name`` (a request that will use it, a cached handle).
+
+        Raises:
+            AdapterNotLoaded: not resident, or being unloaded.
+        """
+        self._adapters.hold(name)
+
+    def release_adapter(self, name: str) -> None:
+        """Drop a reference taken by :meth:`hold_adapter` or ``load_adapter(hold=True)``; the last reference of a
+        held-loaded adapter unloads it here (under the model lock: call it off an event loop)."""
+        self._adapters.unhold(name)
+
+    def wait_for_adapter_room(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for room to load one more adapter; True if there is room."""
+        return self._adapters.wait_for_room(timeout_s)
+
+    def adapter_load_counts(self) -> dict[str, int]:
+        """Loads per adapter name since start (a reload after an unload counts again)."""
+        return dict(self._adapters.load_counts)
 
     def unload_adapter(self, name: str) -> None:
-        """Unload ``name``; deferred until running batches that use it end. New requests see it gone at once.
+        """Unload ``name``; deferred until its references (running rows, holds) go. New requests see it gone at once.
 
         Raises:
             AdapterNotLoaded: ``name`` is not loaded.
@@ -411,6 +436,7 @@ class InferenceEngine:
             "resident_adapters": len(mem["adapters"]),
             "loaded_adapters": self.loaded_adapters(),
             "pending_unloads": self._adapters.pending_unloads(),
+            "adapter_references": self._adapters.references(),
             "adapter_loads": self._adapters.loads,
             "lora_kernel": self.config.lora_kernel,
             "lora_decode_kernel": self.config.lora_decode_kernel,

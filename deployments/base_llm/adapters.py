@@ -9,10 +9,12 @@ the async :meth:`AdapterHandle.release`, never defined on the class, so only the
 it, on the event loop; the garbage collector never sees a class-level finaliser to call at a random
 time and thread.
 
-The pool counts, per engine adapter, the live handles (several model ids may pin to one version:
-``x/y``, ``x/y@current`` and ``x/y@v3``) and the requests that are queued or running with it. The
-engine unload happens when both reach zero, so an eviction never pulls an adapter from under a request
-already waiting in the replica's batcher.
+The engine (:class:`engine.AdapterRegistry`) owns every adapter's residency and reference count; the pool
+only resolves model ids and takes and drops references there. Each live handle holds one (several model ids
+may pin to one version: ``x/y``, ``x/y@current`` and ``x/y@v3``), and so does each request from the moment it
+is counted until it has finished (queued in the batcher included), besides the running row's own. The engine
+unloads an adapter when its last reference goes, so an eviction never pulls an adapter from under a request
+already waiting in the replica.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from modelstore.refs import CURRENT, AdapterRef, BaseRef, ModelRef, parse_ref
 
-from engine import AdapterLoader
+from engine import AdapterNotLoaded, TooManyAdapters
 from deployments.errors import (
     AdapterLoadFailedError,
     AdapterNotFoundError,
@@ -61,7 +62,7 @@ class AdapterHandle:
         self.__del__ = self.release
 
     async def release(self) -> None:
-        """Drop this handle's hold on its adapter (idempotent); the last hold unloads it."""
+        """Drop this handle's reference to its adapter (idempotent); the engine unloads it with the last one."""
         if self.released:
             return
         self.released = True
@@ -72,14 +73,9 @@ class AdapterHandle:
         return f"AdapterHandle({self.model_id!r} -> {self.name or 'base'}, released={self.released})"
 
 
-@dataclass
-class _Slot:
-    holders: int = 0
-    in_use: int = 0
-
-
 class AdapterPool:
-    """Resolves model ids against the store and keeps the engine's resident adapters ref-counted.
+    """Resolves model ids against the store and loads their adapters into the engine, holding a reference there
+    for every handle and every request (the engine owns the counts and unloads at the last reference).
 
     Args:
         store: the :class:`~modelstore.ModelStore`.
@@ -87,7 +83,7 @@ class AdapterPool:
         base_ref: the pinned ref of the loaded base; adapters validated against another base are refused.
         metrics: where loads, failures and evictions are counted.
         verify: recompute an adapter's checksums before loading it.
-        capacity_timeout_s: how long a load waits for a deferred unload to free engine capacity.
+        capacity_timeout_s: how long a load waits for an unload to free engine capacity.
     """
 
     def __init__(self, store: Any, engine: Any, base_ref: BaseRef, metrics: LLMMetrics, *, verify: bool = True,
@@ -98,10 +94,6 @@ class AdapterPool:
         self._metrics = metrics
         self._verify = verify
         self._capacity_timeout_s = capacity_timeout_s
-        self._loader = AdapterLoader(engine)
-        self._slots: dict[str, _Slot] = {}
-        self._unloading: dict[str, asyncio.Task] = {}
-        self._freed = asyncio.Condition()
         self._variant = variant
         self._served: dict[str, str] = {}  # adapter namespace -> the version last loaded (hot-swap detection)
         self.loads: Counter[str] = Counter()  # successful acquires per model id (what Serve calls a load)
@@ -109,12 +101,12 @@ class AdapterPool:
 
     @property
     def engine_loads(self) -> dict[str, int]:
-        """Engine loads started per adapter name (a reload after eviction counts again)."""
-        return dict(self._loader.load_counts)
+        """Engine loads per adapter name (a reload after an unload counts again)."""
+        return self._engine.adapter_load_counts()
 
     def resident(self) -> list[str]:
-        """Engine adapter names this pool holds (handles or in-flight requests), sorted."""
-        return sorted(self._slots)
+        """Adapters resident in the engine (each held by a handle or an in-flight request), sorted."""
+        return self._engine.loaded_adapters()
 
     async def acquire(self, model_id: str) -> AdapterHandle:
         """Resolve ``model_id``, load its adapter if needed and return a handle holding it.
@@ -150,7 +142,7 @@ class AdapterPool:
         self.loads[model_id] += 1
         if handle.name is not None:
             self._metrics.adapter_loaded(handle.name, time.monotonic() - started)
-            self._metrics.set_resident(len(self._slots))
+            self._metrics.set_resident(len(self.resident()))
         return handle
 
     def _public_error(self, exc: Exception) -> Exception:
@@ -173,18 +165,20 @@ class AdapterPool:
                 )
             return AdapterHandle(model_id, pinned, None)
         name = str(pinned)
-        slot = self._slots.get(name)
-        if slot is None:
-            await self._load(name, pinned, resolved)
-            slot = self._slots.setdefault(name, _Slot())
-            previous = self._served.get(pinned.namespace)
-            if previous is not None and previous != pinned.version:
-                self._metrics.adapter_swapped(pinned.namespace, pinned.version)
-            self._served[pinned.namespace] = pinned.version
-        slot.holders += 1
+        try:  # resident already: take the handle's reference on the loop, no thread, no model lock
+            self._engine.hold_adapter(name)
+            return AdapterHandle(model_id, pinned, self)
+        except AdapterNotLoaded:
+            pass
+        await self._check(name, pinned, resolved)
+        await self._load_held(name, resolved.path)  # concurrent loads of one adapter inject it once (engine)
+        previous = self._served.get(pinned.namespace)
+        if previous is not None and previous != pinned.version:
+            self._metrics.adapter_swapped(pinned.namespace, pinned.version)
+        self._served[pinned.namespace] = pinned.version
         return AdapterHandle(model_id, pinned, self)
 
-    async def _load(self, name: str, pinned: AdapterRef, resolved: Any) -> None:
+    async def _check(self, name: str, pinned: AdapterRef, resolved: Any) -> None:
         adapter_info = resolved.manifest.adapter
         if adapter_info is not None and adapter_info.base_ref != str(self._base_ref):
             raise AdapterLoadFailedError(
@@ -195,65 +189,52 @@ class AdapterPool:
         if not report.ok:
             detail = "; ".join(f"{path}: {why}" for path, why in sorted(report.bad_files.items()))
             raise AdapterLoadFailedError(f"adapter {name} failed verification: {detail}")
-        pending_unload = self._unloading.get(name)
-        if pending_unload is not None:  # let it finish, or the load would see a stale "already loaded"
-            await asyncio.wait([pending_unload])
-        await self._wait_for_capacity(name)
-        await self._loader.ensure_loaded(name, resolved.path)
 
-    async def _wait_for_capacity(self, name: str) -> None:
-        limit = self._engine.config.max_loaded_adapters
-
-        def has_room() -> bool:
-            # Unloads still running hold engine capacity until their thread finishes.
-            return len(self._slots) + len(self._unloading) < limit or name in self._slots
-
-        async with self._freed:
+    async def _load_held(self, name: str, path: Any) -> None:
+        # Load and take the handle's reference in one engine call, waiting for room while every resident
+        # adapter is referenced (an unload frees it when the last request or handle of one lets go).
+        deadline = time.monotonic() + self._capacity_timeout_s
+        while True:
+            load = asyncio.ensure_future(asyncio.to_thread(self._engine.load_adapter, name, path, hold=True))
             try:
-                await asyncio.wait_for(self._freed.wait_for(has_room), self._capacity_timeout_s)
-            except asyncio.TimeoutError:
-                raise OverloadedError(
-                    f"cannot load adapter {name}: {len(self._slots)} adapters resident or in use, "
-                    f"engine max_loaded_adapters is {limit}"
-                ) from None
+                await asyncio.shield(load)
+                return
+            except asyncio.CancelledError:  # the caller went away: the reference the load takes is nobody's
+                load.add_done_callback(lambda t: t.cancelled() or t.exception() is not None
+                                       or asyncio.ensure_future(self._release(name)))
+                raise
+            except TooManyAdapters:
+                left = deadline - time.monotonic()
+                if left <= 0 or not await asyncio.to_thread(self._engine.wait_for_adapter_room, left):
+                    limit = self._engine.config.max_loaded_adapters
+                    raise OverloadedError(
+                        f"cannot load adapter {name}: {len(self.resident())} adapters resident and in use, "
+                        f"engine max_loaded_adapters is {limit}"
+                    ) from None
 
     def begin_use(self, handle: AdapterHandle | None) -> None:
-        """Count a request that will run with ``handle``'s adapter (call before it is queued)."""
+        """Take the engine reference of a request that will run with ``handle``'s adapter (before it queues)."""
         if handle is None or handle.name is None:
             return
-        slot = self._slots.get(handle.name)
-        if slot is None:
-            raise OverloadedError(f"adapter {handle.name} was unloaded before the request could use it; retry")
-        slot.in_use += 1
+        try:
+            self._engine.hold_adapter(handle.name)
+        except AdapterNotLoaded:
+            raise OverloadedError(f"adapter {handle.name} was unloaded before the request could use it; retry") from None
 
     async def end_use(self, handle: AdapterHandle | None) -> None:
-        """Undo :meth:`begin_use`; performs an unload that waited for this request."""
+        """Drop :meth:`begin_use`'s reference; the last one unloads the adapter (in a worker thread)."""
         if handle is None or handle.name is None:
             return
-        slot = self._slots[handle.name]
-        slot.in_use -= 1
-        await self._maybe_unload(handle.name, slot)
+        await self._release(handle.name)
 
     async def _drop_holder(self, handle: AdapterHandle) -> None:
-        slot = self._slots[handle.name]
-        slot.holders -= 1
         self.evictions[handle.model_id] += 1
         self._metrics.adapter_evicted(handle.name)
-        await self._maybe_unload(handle.name, slot)
+        await self._release(handle.name)
 
-    async def _maybe_unload(self, name: str, slot: _Slot) -> None:
-        if slot.holders > 0 or slot.in_use > 0 or self._slots.get(name) is not slot:
-            return
-        del self._slots[name]
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._engine.unload_adapter, name))
-        self._unloading[name] = task
+    async def _release(self, name: str) -> None:
         try:
-            await asyncio.shield(task)
-        except Exception as exc:  # e.g. already gone; nothing left to free, but say so
-            log.warning("unloading adapter %s failed: %s", name, exc)
-        finally:
-            if self._unloading.get(name) is task:
-                del self._unloading[name]
-        self._metrics.set_resident(len(self._slots))
-        async with self._freed:
-            self._freed.notify_all()
+            await asyncio.to_thread(self._engine.release_adapter, name)
+        except Exception as exc:  # the reference is gone either way; say why the unload failed
+            log.warning("releasing adapter %s failed: %s", name, exc)
+        self._metrics.set_resident(len(self.resident()))

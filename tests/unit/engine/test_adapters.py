@@ -233,3 +233,56 @@ def test_a_load_that_fails_copying_into_the_buffers_leaves_nothing_behind(engine
     index, top = registry.row_index([registry.acquire({ADAPTER_NAMES[0]})[ADAPTER_NAMES[0]]], torch.device("cpu"))
     registry.release({ADAPTER_NAMES[0]})
     assert top == 1  # the failed load gave its entry back
+
+
+def test_the_registry_owns_references_and_unloads_a_held_adapter_with_the_last(engine, adapter_dirs):
+    a, b = ADAPTER_NAMES[0], ADAPTER_NAMES[1]
+    engine.load_adapter(a, adapter_dirs[a], hold=True)  # a handle's reference, taken with the load
+    engine.hold_adapter(a)  # a queued request's
+    registry = engine._adapters
+    slots = registry.acquire({a})  # its running row's
+    assert engine.stats()["adapter_references"] == {a: 3}
+    engine.release_adapter(a)
+    engine.release_adapter(a)  # the handle and the request let go; the row still runs
+    assert engine.is_loaded(a) and engine.stats()["adapter_references"] == {a: 1}
+    registry.release(set(slots))  # the row ends: the last reference, so the adapter goes
+    assert not engine.is_loaded(a) and engine.stats()["adapter_unloads"] == 1
+    with pytest.raises(AdapterNotLoaded):
+        engine.hold_adapter(a)
+    with pytest.raises(AdapterNotLoaded, match="no reference"):
+        engine.release_adapter(a)
+    # A plain load stays with no reference; holding and releasing it does not unload it.
+    engine.load_adapter(b, adapter_dirs[b])
+    engine.hold_adapter(b)
+    engine.release_adapter(b)
+    assert engine.is_loaded(b)
+    # A held-loaded adapter loaded plainly as well becomes one that stays.
+    engine.load_adapter(a, adapter_dirs[a], hold=True)
+    engine.load_adapter(a, adapter_dirs[a])
+    engine.release_adapter(a)
+    assert engine.is_loaded(a) and engine.adapter_load_counts() == {a: 2, b: 1}
+
+
+def test_concurrent_held_loads_inject_once_and_room_waits_for_an_unload(base_model, tokenizer, adapter_dirs):
+    from engine import EngineConfig, InferenceEngine
+
+    engine = InferenceEngine(base_model, tokenizer, EngineConfig(max_loaded_adapters=1))
+    a, b = ADAPTER_NAMES[0], ADAPTER_NAMES[1]
+    threads = [threading.Thread(target=engine.load_adapter, args=(a, adapter_dirs[a]), kwargs={"hold": True})
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert engine.adapter_load_counts() == {a: 1} and engine.stats()["adapter_references"] == {a: 4}
+    with pytest.raises(TooManyAdapters):
+        engine.load_adapter(b, adapter_dirs[b], hold=True)
+    assert engine.wait_for_adapter_room(0.05) is False
+    for _ in range(3):
+        engine.release_adapter(a)
+    freed = threading.Timer(0.2, engine.release_adapter, args=(a,))
+    freed.start()
+    assert engine.wait_for_adapter_room(10.0) is True  # woken by the last reference's unload
+    freed.join()
+    engine.load_adapter(b, adapter_dirs[b], hold=True)
+    assert engine.loaded_adapters() == [b]
