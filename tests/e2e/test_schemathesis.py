@@ -125,7 +125,14 @@ def test_no_operation_answers_a_server_error(cluster):
     schema = schemathesis.openapi.from_url(f"{cluster.url}/openapi.json", headers=headers, timeout=60)
     with cluster.client() as client:
         cards = client.get("/v1/models").json()["data"]
-    models = {f"POST {endpoint}": sorted(c["id"] for c in cards if c["endpoint"] == endpoint)
+    # Versions the suite corrupts on purpose (the planted broken adapter, a failed hot swap) answer their
+    # documented 500 adapter_load_failed (tested where they are planted); the fuzz names only sound ones.
+    from modelstore import ModelStore
+
+    store = ModelStore(cluster.store_root)
+    broken = {c["id"] for c in cards if c["id"].startswith("base:") and "@" in c["id"]
+              and not store.verify(c["id"].removeprefix("base:")).ok}
+    models = {f"POST {endpoint}": sorted(c["id"] for c in cards if c["endpoint"] == endpoint and c["id"] not in broken)
               for endpoint in ("/v1/chat/completions", "/v1/embeddings")}
     started = time.monotonic()
     failures, seconds, cases = fuzz(schema, headers, examples_for, planted_fault, models)
