@@ -96,6 +96,7 @@ class AdapterPool:
         self._capacity_timeout_s = capacity_timeout_s
         self._variant = variant
         self._served: dict[str, str] = {}  # adapter namespace -> the version last loaded (hot-swap detection)
+        self._loading: dict[str, asyncio.Future] = {}  # adapter name -> its load in progress (shared)
         self.loads: Counter[str] = Counter()  # successful acquires per model id (what Serve calls a load)
         self.evictions: Counter[str] = Counter()
 
@@ -171,7 +172,7 @@ class AdapterPool:
         except AdapterNotLoaded:
             pass
         await self._check(name, pinned, resolved)
-        await self._load_held(name, resolved.path)  # concurrent loads of one adapter inject it once (engine)
+        await self._load_held(name, resolved.path)
         previous = self._served.get(pinned.namespace)
         if previous is not None and previous != pinned.version:
             self._metrics.adapter_swapped(pinned.namespace, pinned.version)
@@ -191,18 +192,38 @@ class AdapterPool:
             raise AdapterLoadFailedError(f"adapter {name} failed verification: {detail}")
 
     async def _load_held(self, name: str, path: Any) -> None:
-        # Load and take the handle's reference in one engine call, waiting for room while every resident
-        # adapter is referenced (an unload frees it when the last request or handle of one lets go).
+        """Load ``name`` and take one engine reference for the caller. Concurrent callers for one adapter share one
+        load (one task per adapter, awaited under ``asyncio.shield``, as Ray's LoRA loader does): its creator
+        inherits the reference the load takes, the others take their own once it is done; every waiter sees the
+        same error, and a failed load is not remembered."""
+        while True:
+            loading = self._loading.get(name)
+            if loading is None:
+                break
+            await asyncio.shield(loading)
+            try:
+                self._engine.hold_adapter(name)
+                return
+            except AdapterNotLoaded:  # unloaded again in between (its only reference went): load it anew
+                continue
+        loading = asyncio.ensure_future(self._load_with_room(name, path))
+        self._loading[name] = loading
+        loading.add_done_callback(lambda t: self._loading.pop(name, None) if self._loading.get(name) is t else None)
+        try:
+            await asyncio.shield(loading)
+        except asyncio.CancelledError:  # the caller went away: the reference the load takes is nobody's
+            loading.add_done_callback(lambda t: t.cancelled() or t.exception() is not None
+                                      or asyncio.ensure_future(self._release(name)))
+            raise
+
+    async def _load_with_room(self, name: str, path: Any) -> None:
+        # Load and take a reference in one engine call, waiting for room while every resident adapter is
+        # referenced (an unload frees it when the last request or handle of one lets go).
         deadline = time.monotonic() + self._capacity_timeout_s
         while True:
-            load = asyncio.ensure_future(asyncio.to_thread(self._engine.load_adapter, name, path, hold=True))
             try:
-                await asyncio.shield(load)
+                await asyncio.to_thread(self._engine.load_adapter, name, path, hold=True)
                 return
-            except asyncio.CancelledError:  # the caller went away: the reference the load takes is nobody's
-                load.add_done_callback(lambda t: t.cancelled() or t.exception() is not None
-                                       or asyncio.ensure_future(self._release(name)))
-                raise
             except TooManyAdapters:
                 left = deadline - time.monotonic()
                 if left <= 0 or not await asyncio.to_thread(self._engine.wait_for_adapter_room, left):

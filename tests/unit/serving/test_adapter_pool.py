@@ -92,3 +92,28 @@ def test_a_load_whose_caller_went_away_leaves_no_reference(pool, monkeypatch):
         assert engine.stats()["adapter_references"] == {} and pool.resident() == []
 
     asyncio.run(scenario())
+
+
+def test_concurrent_first_requests_for_one_adapter_share_one_load(pool, monkeypatch):
+    import threading
+
+    pool, engine = pool
+    calls, real_load = [], engine.load_adapter
+
+    def counted_load(*args, **kwargs):
+        calls.append(threading.get_ident())
+        threading.Event().wait(0.2)  # long enough for every caller to arrive while it runs
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "load_adapter", counted_load)
+
+    async def scenario():
+        handles = await asyncio.gather(*(pool.acquire("critic/mistral_critic_v1") for _ in range(5)))
+        name = handles[0].name
+        assert len(calls) == 1  # one load in one worker thread, not five threads queued on the model lock
+        assert engine.stats()["adapter_references"] == {name: 5}  # but a reference per handle
+        for handle in handles:
+            await handle.release()
+        assert pool.resident() == []
+
+    asyncio.run(scenario())
