@@ -79,6 +79,7 @@ class InferenceEngine:
         self._model_config_full = model.config
         # The compute dtype (K/V are stored in it): the input embeddings' (never quantized by bitsandbytes).
         self._kv_dtype = model.get_input_embeddings().weight.dtype
+        self._kv_bytes_per_token = kv_bytes_per_token(model.config, self._kv_dtype)  # fixed: read once
         self._scheduler: ContinuousScheduler | None = None
         self._on_step = on_step
         self._scheduler_lock = threading.Lock()
@@ -294,13 +295,12 @@ class InferenceEngine:
         Raises:
             ValueError: an unknown kind.
         """
-        self.config = self.config.model_copy(update={"lora_decode_kernel": EngineConfig(lora_decode_kernel=kind)
-                                                     .lora_decode_kernel})
+        self.config = EngineConfig.model_validate({**self.config.model_dump(), "lora_decode_kernel": kind})
         self._adapters.set_dense_decode(kind == "auto")
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of K and V one token takes in this model (all layers), in the engine's compute dtype."""
-        return kv_bytes_per_token(self._model_config_full, self._kv_dtype)
+        return self._kv_bytes_per_token
 
     def _prepare(self, requests: list[GenerationRequest]) -> list[DecodeRow]:
         cfg = self.config

@@ -33,19 +33,25 @@ def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
+def _no_shape(config: Any) -> ValueError:
+    return ValueError(f"{type(config).__name__} has no KV cache shape (num_hidden_layers, num_attention_heads, "
+                      f"hidden_size or head_dim)")
+
+
 def _shape(config: Any) -> tuple[int, int, int]:
     shape = kv_shape(config)
     if shape is None:
-        raise ValueError(f"{type(config).__name__} has no KV cache shape (num_hidden_layers, num_attention_heads, "
-                         f"hidden_size or head_dim)")
+        raise _no_shape(config)
     return shape
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     """Bytes of K and V one token takes across all layers of a model with ``config`` (a vision model's text
     config): ``cluster.demand``'s values per token -- the planner's own count -- times the element size."""
-    _shape(config)
-    return kv_values_per_token(config) * torch.empty((), dtype=dtype).element_size()
+    values = kv_values_per_token(config)
+    if values is None:
+        raise _no_shape(config)
+    return values * torch.empty((), dtype=dtype).element_size()
 
 
 class SlotKVCache(Cache):

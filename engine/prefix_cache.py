@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from array import array
 from dataclasses import dataclass
 
 import torch
@@ -57,24 +58,22 @@ class PrefixCache:
         self._blocks: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
         self.stats = PrefixStats()
 
-    def _digests(self, adapter: str, ids: list[int], blocks: int) -> list[bytes]:
+    def digests(self, adapter: str, ids: list[int]) -> list[bytes]:
+        """The chained digests of the shareable blocks of prompt ``ids`` through ``adapter`` (computed once per
+        row: :meth:`copy_in` and :meth:`store` take them). At least one prompt token is always left out of the
+        blocks: its logits choose the first new token."""
         digest = hashlib.blake2b(adapter.encode(), digest_size=16).digest()
         out = []
-        for b in range(blocks):
-            chunk = ids[b * self.block_tokens:(b + 1) * self.block_tokens]
-            digest = hashlib.blake2b(digest + torch.tensor(chunk, dtype=torch.int64).numpy().tobytes(),
-                                     digest_size=16).digest()
+        for b in range((len(ids) - 1) // self.block_tokens):
+            chunk = array("q", ids[b * self.block_tokens:(b + 1) * self.block_tokens])
+            digest = hashlib.blake2b(digest + chunk.tobytes(), digest_size=16).digest()
             out.append(digest)
         return out
 
-    def _shareable_blocks(self, length: int) -> int:
-        # At least one prompt token is always left to prefill: its logits choose the first new token.
-        return (length - 1) // self.block_tokens
-
-    def copy_in(self, adapter: str, ids: list[int], slot: int) -> int:
-        """Copy the longest run of cached blocks of ``ids`` into ``slot``; return the tokens it covers."""
+    def copy_in(self, digests: list[bytes], slot: int) -> int:
+        """Copy the longest run of cached blocks of a prompt (its :meth:`digests`) into ``slot``; return the
+        tokens it covers."""
         self.stats.lookups += 1
-        digests = self._digests(adapter, ids, self._shareable_blocks(len(ids)))
         found = []
         for digest in digests:
             block = self._blocks.get(digest)
@@ -92,11 +91,10 @@ class PrefixCache:
         self.stats.reused_tokens += covered
         return covered
 
-    def store(self, adapter: str, ids: list[int], slot: int) -> None:
-        """Store the leading blocks of ``ids`` (whose K/V ``slot`` now holds) that are not cached yet, as many
-        as the budget holds without evicting this prompt's own blocks (a block is useless without those before
-        it); then order the prompt's blocks so that its deepest is the first of them to go."""
-        digests = self._digests(adapter, ids, self._shareable_blocks(len(ids)))
+    def store(self, digests: list[bytes], slot: int) -> None:
+        """Store the leading blocks of a prompt (its :meth:`digests`; ``slot`` now holds their K/V) that are not
+        cached yet, as many as the budget holds without evicting this prompt's own blocks (a block is useless
+        without those before it); then order the prompt's blocks so that its deepest is the first of them to go."""
         own = set(digests)
         for digest in digests:
             if digest in self._blocks:

@@ -82,6 +82,7 @@ class _Row:
     slot_name: str  # the PEFT slot the row routes through (BASE_SLOT for the bare base)
     length: int = 0  # positions written in its KV slot
     last_token: int = 0
+    prefix_digests: list[bytes] | None = None  # its prompt's shareable blocks (prefix cache), None: not shared
 
 
 class ContinuousScheduler:
@@ -302,8 +303,8 @@ class ContinuousScheduler:
                                vision_inputs([r.row for r in joining], self._device, self._pixel_dtype))
         if self.prefixes is not None:
             for i, r in enumerate(joining):
-                if r.row.vision is None:
-                    self.prefixes.store(r.slot_name, r.row.prompt_ids, start + i)
+                if r.prefix_digests is not None:
+                    self.prefixes.store(r.prefix_digests, start + i)
         # logits: [k, len(last), vocab]; row i's own last prompt token is column last.index(its query index).
         picked = logits[torch.arange(k, device=logits.device),
                         torch.tensor([last.index(n - p - 1) for n, p in zip(lengths, starts)],
@@ -324,7 +325,8 @@ class ContinuousScheduler:
         """Copy ``r``'s cached prefix blocks into ``slot``; the prompt tokens they cover (0 without a hit)."""
         if self.prefixes is None or r.row.vision is not None:
             return 0
-        return self.prefixes.copy_in(r.slot_name, r.row.prompt_ids, slot)
+        r.prefix_digests = self.prefixes.digests(r.slot_name, r.row.prompt_ids)
+        return self.prefixes.copy_in(r.prefix_digests, slot)
 
     def _decode_step(self) -> None:
         rows = list(self._running)
