@@ -25,6 +25,10 @@ Cases, each after one short warm-up pass of the same shape (``--warmup-tokens``)
   at ``--static-rows``;
 * for the bare base (before any adapter is loaded: no PEFT wrappers), one adapter (all rows) and mixed
   (row i on adapter i mod n);
+* decode graphs (``--decode-graphs``, ``EngineConfig.decode_graphs``): on CUDA the continuous loop replays a
+  CUDA graph per (rows, kv length) bucket, captured in the warm-up pass; the mixed rows at ``--hf-rows`` are then
+  measured once more with graphs paused (``continuous/mixed_eager/<n>``, printed as
+  ``mixed<k>_graphed_vs_eager_decode_ms_at_<n>``); on the CPU decode is eager (that line prints nan);
 * HF ``model.generate`` on the bare base at ``--hf-rows``: eager (dynamic cache), and ``cache_implementation=
   "static"`` with ``torch.compile`` (HF's own decode-step compile, ``CompileConfig(mode=--compile-mode)``) on
   CUDA; on the CPU the static-cache run is not compiled unless ``--hf-compile on`` (recorded as ``compiled``).
@@ -419,7 +423,7 @@ def run(args) -> dict:
     engine_config = EngineConfig(
         max_batch_size=max([*args.rows, *args.static_rows]), max_prompt_tokens=args.prompt_tokens,
         max_new_tokens_limit=args.new_tokens, max_loaded_adapters=max(args.adapters, 1), kv_slot_tokens=slot_tokens,
-        **({"prefix_cache_bytes": 0} if args.no_prefix_cache else {}))
+        decode_graphs=args.decode_graphs, **({"prefix_cache_bytes": 0} if args.no_prefix_cache else {}))
     runner = EngineRunner(clock)
     engine = runner.engine = InferenceEngine(model, tokenizer, engine_config, on_step=runner.on_step)
     names = [f"bench/adapter_{i}@v1" for i in range(args.adapters)]
@@ -466,6 +470,12 @@ def run(args) -> dict:
             out.case(f"continuous/mixed_gather/{n}", gather_case, memory, path="continuous", mode="mixed", rows=n,
                      adapters=min(n, args.adapters), lora_decode_kernel="gather")
             engine.set_lora_decode_kernel("auto")
+            if engine.stats()["decode_graphs"] != "off":  # the same mixed rows, every decode step eager
+                engine.set_decode_graphs(False)
+                out.case(f"continuous/mixed_eager/{n}", gather_case, memory, path="continuous", mode="mixed",
+                         rows=n, adapters=min(n, args.adapters), decode_graphs="off")
+                engine.set_decode_graphs(True)
+    doc["decode_graphs"] = {k: v for k, v in engine.stats().items() if k.startswith("decode_graph")}
     engine.close()
     runner.engine = engine = None  # drop the engine: its KV cache and adapters' weights
     doc["lora_layers_stripped"] = strip_lora(model)
@@ -500,6 +510,9 @@ def ratios(doc: dict, args) -> dict:
             f"mixed{args.adapters}_dense_vs_gather_decode_ms_at_{n}":
                 mixed.get("decode_ms_per_step", nan) / cases.get(f"continuous/mixed_gather/{n}", {}).get(
                     "decode_ms_per_step", nan),
+            f"mixed{args.adapters}_graphed_vs_eager_decode_ms_at_{n}":
+                mixed.get("decode_ms_per_step", nan) / cases.get(f"continuous/mixed_eager/{n}", {}).get(
+                    "decode_ms_per_step", nan),
             "hf_static_compiled": hf.get("compiled")}
 
 
@@ -521,8 +534,12 @@ def print_table(doc: dict, path: Path) -> None:
     print(f"HF static-cache reference compiled: {doc['ratios']['hf_static_compiled']}; peak memory "
           f"{doc['peak_memory_bytes'] / 2**30:.2f} GiB ({doc['build']['memory_kind']}); {doc['runtime_s']:.0f} s; "
           f"raw data {path}")
-    dense = next(k for k in doc["ratios"] if "_dense_vs_gather_" in k)
-    print(f"{dense}: {doc['ratios'][dense]:.4g}")
+    graphs = doc.get("decode_graphs", {})
+    print(f"decode graphs: {graphs.get('decode_graphs', 'off')} ({graphs.get('decode_graphs_off_reason') or 'on'}); "
+          f"captured {graphs.get('decode_graph_captures', 0)}, replayed {graphs.get('decode_graph_replays', 0)}")
+    for kind in ("_dense_vs_gather_", "_graphed_vs_eager_"):
+        key = next(k for k in doc["ratios"] if kind in k)
+        print(f"{key}: {doc['ratios'][key]:.4g}")
     for key in list(doc["ratios"])[:2]:  # the issue's two ratio lines, last
         print(f"{key}: {doc['ratios'][key]:.4g}")
 
@@ -537,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, nargs="+", help="rows per batch (default 1 32 128; tiny: 1 8 32)")
     p.add_argument("--prompt-tokens", type=int, help="tokens per prompt (default 128; tiny: 64)")
     p.add_argument("--new-tokens", type=int, help="tokens generated per row, EOS ignored (default 128; tiny: 32)")
+    p.add_argument("--decode-graphs", choices=["auto", "off", "static"], default="auto",
+                   help="EngineConfig.decode_graphs: 'auto' captures CUDA graphs on CUDA (and then also measures the "
+                        "mixed rows eager: continuous/mixed_eager), eager on the CPU; 'static' runs the graphed "
+                        "step's buffers and buckets eagerly (its cost on the CPU)")
     p.add_argument("--warmup-tokens", type=int, default=4, help="new tokens of each case's warm-up pass")
     p.add_argument("--paths", nargs="+", choices=["continuous", "static"], default=["continuous", "static"],
                    help="engine paths to measure")

@@ -334,10 +334,14 @@ class AdapterRegistry:
         """Each row's entry in the stacked buffers (0: the bare base) and the highest of them; ``(None, 0)`` when
         every row is bare. Decided on the host, so a step never waits on the device to learn it. The rows'
         adapters are pinned (acquired), so their entries cannot be freed or reused under a running batch."""
-        with self._lock:
-            index = [self._index_of_slot.get(s, 0) for s in row_slots]
+        index = self.row_entries(row_slots)
         top = max(index, default=0)
         return (torch.tensor(index, dtype=torch.long).to(device, non_blocking=True), top) if top else (None, 0)
+
+    def row_entries(self, row_slots: list[str]) -> list[int]:
+        """Each row's entry in the stacked buffers (0: the bare base, and every row without stacked buffers)."""
+        with self._lock:
+            return [self._index_of_slot.get(s, 0) for s in row_slots]
 
     def set_dense_decode(self, on: bool) -> None:
         """Let decode steps take the dense kernel (or not) from the next step on; a no-op without stacked buffers."""

@@ -91,6 +91,15 @@ class EngineConfig(BaseModel):
                      "dense kernel when the entries in use are no more than the rows (each entry read once), else "
                      "the per-row gather; 'gather' always gathers (bench/gpu_engine.py measures both)."),
     )
+    decode_graphs: Literal["auto", "off", "static"] = Field(
+        "auto",
+        description=(
+            "How the continuous loop runs decode steps. 'auto': on a CUDA device each (rows, kv length) bucket's "
+            "step is captured once as a CUDA graph on static buffers and replayed (engine/graphs.py), eager "
+            "elsewhere, with a bitsandbytes base and with lora_kernel 'peft'; 'off': always eager; 'static': the "
+            "graphed step's buffers and buckets without capture, on any device (what the CPU tests check)."
+        ),
+    )
     lora_kernel: Literal["gathered", "peft"] = Field(
         "gathered",
         description=(

@@ -22,6 +22,7 @@ from .config import EngineConfig
 from .constraints import GrammarCache, GrammarJob
 from .decode import DecodeRow, run_decode
 from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
+from .graphs import DecodeGraphs
 from .kv_slots import SlotKVCache, kv_bytes_per_token
 from .params import GenerationRequest, GenerationResult
 from .prefix_cache import PrefixCache
@@ -81,6 +82,7 @@ class InferenceEngine:
         self._kv_dtype = model.get_input_embeddings().weight.dtype
         self._kv_bytes_per_token = kv_bytes_per_token(model.config, self._kv_dtype)  # fixed: read once
         self._scheduler: ContinuousScheduler | None = None
+        self._graph_mode, self.graphs_off_reason = _graph_mode(self.config, self.device, model)
         self._on_step = on_step
         self._scheduler_lock = threading.Lock()
 
@@ -263,6 +265,7 @@ class InferenceEngine:
                     pad_id=self._pad_id, eos_ids=self._eos_ids, vocab_size=self._vocab_size, device=self.device,
                     pixel_dtype=self._pixel_dtype, on_result=self._count, on_step=self._on_step, prefixes=prefixes,
                     banned_ids=lambda: self._grammars.banned_ids if self._grammars is not None else None,
+                    graphs=self._graph_mode,
                 )
             return self._scheduler
 
@@ -288,6 +291,26 @@ class InferenceEngine:
     def kv_cache(self) -> SlotKVCache | None:
         """The continuous loop's KV cache (None before the first ``submit``)."""
         return self._scheduler.cache if self._scheduler is not None else None
+
+    @property
+    def decode_graphs(self) -> DecodeGraphs | None:
+        """The continuous loop's graphed decode steps (None: eager decode, or before the first ``submit``)."""
+        return self._scheduler.graphs if self._scheduler is not None else None
+
+    def set_decode_graphs(self, on: bool) -> None:
+        """Pause (False) or resume graphed decode steps from the next step on; the captured graphs are kept.
+        Benchmarks compare the two in one run; an operator can rule graphs out without a restart.
+
+        Raises:
+            ValueError: resuming where decode is not graphed (the message says why not).
+        """
+        graphs = self._continuous().graphs
+        if graphs is None:
+            if on:
+                raise ValueError(f"decode steps are not graphed here: {self.graphs_off_reason}")
+            return
+        with self._model_lock:
+            graphs.active = on
 
     def set_lora_decode_kernel(self, kind: str) -> None:
         """Switch ``lora_decode_kernel`` ('auto' or 'gather') from the next step on (benchmarks compare the two).
@@ -456,12 +479,40 @@ class InferenceEngine:
     def _continuous_stats(self) -> dict[str, Any]:
         sched = self._scheduler
         if sched is None:
-            return {"kv_cache_bytes": 0, "kv_slots": 0, "running_rows": 0, "waiting_rows": 0, "loop_alive": False}
+            return {"kv_cache_bytes": 0, "kv_slots": 0, "running_rows": 0, "waiting_rows": 0, "loop_alive": False,
+                    "decode_graphs": self._graph_mode or "off", "decode_graphs_off_reason": self.graphs_off_reason}
         return {"kv_cache_bytes": sched.cache.nbytes, "kv_slots": sched.cache.slots,
                 "kv_slot_tokens": sched.cache.slot_tokens, "max_running_rows": sched.max_running,
                 "running_rows": sched.running, "loop_alive": sched.loop_alive,
                 "waiting_rows": sched.waiting, **{f"continuous_{k}": v for k, v in vars(sched.stats).items()},
+                **self._graph_stats(sched),
                 **({f"prefix_{k}": v for k, v in vars(sched.prefixes.stats).items()} if sched.prefixes else {})}
+
+    def _graph_stats(self, sched: ContinuousScheduler) -> dict[str, Any]:
+        graphs = sched.graphs
+        if graphs is None:
+            return {"decode_graphs": "off", "decode_graphs_off_reason": self.graphs_off_reason}
+        g = graphs.stats
+        reason = None if graphs.enabled else f"a capture failed: {g.failed}" if g.failed else "paused"
+        return {"decode_graphs": graphs.mode if graphs.enabled else "off", "decode_graphs_off_reason": reason,
+                "decode_graph_captures": g.captures, "decode_graph_replays": g.replays,
+                "decode_graph_padded_rows": g.padded_rows, "decode_graph_invalidations": g.invalidations,
+                "decode_graph_buckets": [list(b) for b in g.buckets]}
+
+
+def _graph_mode(config: EngineConfig, device: torch.device, model: Any) -> tuple[str | None, str | None]:
+    """The continuous loop's decode-graph mode (``"cuda"``, ``"static"`` or None: eager) and why not graphed."""
+    if config.decode_graphs == "off":
+        return None, "decode_graphs is 'off'"
+    if config.lora_kernel != "gathered":
+        return None, "lora_kernel 'peft' routes rows through PEFT's per-call hooks"
+    if config.decode_graphs == "static":
+        return "static", None
+    if device.type != "cuda":
+        return None, f"no CUDA device ({device.type})"
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        return None, "a bitsandbytes base (its kernels are not captured)"
+    return "cuda", None
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

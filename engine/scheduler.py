@@ -31,6 +31,7 @@ from .adapters import AdapterRegistry
 from .constraints import BatchMasker
 from .decode import DecodeRow, vision_inputs
 from .errors import EngineClosed, QueueFull, RequestTooLarge
+from .graphs import DecodeGraphs
 from .kv_slots import SlotKVCache
 from .prefix_cache import PrefixCache
 from .params import GenerationRequest, GenerationResult
@@ -100,13 +101,15 @@ class ContinuousScheduler:
             ``(rows, distinct adapters, seconds)``; for metrics. Must be quick and must not raise.
         on_result: called with each delivered result (counters).
         prefixes: the prefix cache joining rows reuse and fill (None: no prefix sharing).
+        graphs: ``"cuda"`` / ``"static"``: run decode steps through :class:`~engine.graphs.DecodeGraphs` in that
+            mode (None: eager, the steps' shapes follow the batch).
     """
 
     def __init__(self, adapters: AdapterRegistry, model_lock: threading.RLock, cache: SlotKVCache, tokenizer: Any, *,
                  max_waiting: int, pad_id: int, eos_ids: set[int], vocab_size: int, device: torch.device,
                  pixel_dtype: torch.dtype | None = None, banned_ids: Callable[[], torch.Tensor | None] = lambda: None,
                  on_step: Callable[[int, int, float], None] | None = None,
-                 prefixes: PrefixCache | None = None,
+                 prefixes: PrefixCache | None = None, graphs: str | None = None,
                  on_result: Callable[[GenerationResult], None] | None = None):
         self._adapters = adapters
         self._model_lock = model_lock
@@ -129,6 +132,8 @@ class ContinuousScheduler:
         self._router = adapters.router()
         self._step_started, self._step_distinct = 0.0, 0
         self.stats = SchedulerStats()
+        self.graphs = (DecodeGraphs(lambda **kw: adapters.model(**kw), cache, adapters.stacked, device=device,
+                                    pad_id=pad_id, mode=graphs) if graphs is not None else None)
 
     # -- callers ---------------------------------------------------------------------------------------
 
@@ -268,12 +273,15 @@ class ContinuousScheduler:
             with self._cond:
                 self._cond.notify_all()
 
-    def _forward(self, rows: list[_Row], input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                 logits_to_keep: Any, extra_inputs: dict[str, Any]) -> torch.Tensor:
+    def _begin_step(self, rows: list[_Row]) -> None:
         distinct = len({r.slot_name for r in rows})
         self._step_started, self._step_distinct = time.monotonic(), distinct
         self.stats.mixed_steps += distinct > 1
         self.stats.max_distinct_adapters = max(self.stats.max_distinct_adapters, distinct)
+
+    def _forward(self, rows: list[_Row], input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 logits_to_keep: Any, extra_inputs: dict[str, Any]) -> torch.Tensor:
+        self._begin_step(rows)
         with self._model_lock, self._router.step([r.slot_name for r in rows],
                                                                            self._device) as extra:
             out = self._adapters.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
@@ -331,18 +339,28 @@ class ContinuousScheduler:
     def _decode_step(self) -> None:
         rows = list(self._running)
         n = len(rows)
-        lengths = torch.tensor([r.length for r in rows], dtype=torch.long)
-        kv_len = int(lengths.max()) + 1
-        self.cache.bind(0, lengths[:, None].to(self._device), kv_len)
-        lengths_d = lengths.to(self._device)
-        logits = self._forward(rows, torch.tensor([[r.last_token] for r in rows], device=self._device),
-                               lengths_d[:, None], self.cache.decode_mask(lengths_d, self.cache.dtype), 1, {})
+        logits = self._graphed_step(rows) if self.graphs is not None and self.graphs.enabled else None
+        if logits is None:
+            lengths = torch.tensor([r.length for r in rows], dtype=torch.long)
+            kv_len = int(lengths.max()) + 1
+            self.cache.bind(0, lengths[:, None].to(self._device), kv_len)
+            lengths_d = lengths.to(self._device)
+            logits = self._forward(rows, torch.tensor([[r.last_token] for r in rows], device=self._device),
+                                   lengths_d[:, None], self.cache.decode_mask(lengths_d, self.cache.dtype), 1,
+                                   {})[:, -1, :]
         for r in rows:
             r.length += 1
         self.stats.decode_steps += 1
         self.stats.max_running = max(self.stats.max_running, n)
         self.stats.recent_batch_sizes = [*self.stats.recent_batch_sizes[-31:], n]
-        self._choose(rows, logits[:, -1, :].float())
+        self._choose(rows, logits.float())
+
+    def _graphed_step(self, rows: list[_Row]) -> torch.Tensor | None:
+        """The decode step through the graphs (static buffers, a bucket's graph); None if it could not run."""
+        self._begin_step(rows)
+        entries = self._adapters.row_entries([r.slot_name for r in rows])
+        with self._model_lock:
+            return self.graphs.step([r.last_token for r in rows], [r.length for r in rows], entries)
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick every row's next token from ``logits`` ([rows, vocab], batch order), advance, and retire rows."""
