@@ -118,7 +118,13 @@ class LLMMetrics:
         self.kv_running_rows = metrics.Gauge(
             p + "kv_running_rows", description="Rows the continuous loop is decoding (each holds one KV slot).")
         self.kv_slots = metrics.Gauge(p + "kv_slots", description="KV slots of the continuous loop's cache.")
+        self.decode_graph_replays = metrics.Counter(
+            p + "decode_graph_replays", description="Decode steps run by replaying a captured CUDA graph.")
+        self.decode_graphs_captured = metrics.Gauge(
+            p + "decode_graphs_captured", description="CUDA graphs of the decode step this replica holds, one per "
+            "(rows, kv length, LoRA or not) bucket used so far; 0 when decode is eager (CPU, or a failed capture).")
         self._prefix_reported = 0
+        self._replays_reported = 0
         self.totals: dict[str, Any] = {
             "preload_failures": _Tally(),
             "adapter_swaps": _Tally(),
@@ -140,6 +146,12 @@ class LLMMetrics:
         if reused > self._prefix_reported:  # Ray counters refuse increments <= 0
             self.prefix_reused_tokens.inc(reused - self._prefix_reported)
             self._prefix_reported = reused
+        graphed = stats.get("decode_graphs") == "cuda"  # "static" runs the graphs' step eagerly: nothing replayed
+        replays = stats.get("decode_graph_replays", 0) if graphed else 0
+        if replays > self._replays_reported:
+            self.decode_graph_replays.inc(replays - self._replays_reported)
+            self._replays_reported = replays
+        self.decode_graphs_captured.set(len(stats.get("decode_graph_buckets", [])) if graphed else 0)
 
     def set_loaded(self, report: dict[str, Any]) -> None:
         """Export a :class:`~deployments.base_llm.loaded.LoadedReport` (as a dict)."""
