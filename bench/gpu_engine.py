@@ -28,7 +28,8 @@ Cases, each after one short warm-up pass of the same shape (``--warmup-tokens``)
 * decode graphs (``--decode-graphs``, ``EngineConfig.decode_graphs``): on CUDA the continuous loop replays a
   CUDA graph per (rows, kv length) bucket, captured in the warm-up pass; the mixed rows at ``--hf-rows`` are then
   measured once more with graphs paused (``continuous/mixed_eager/<n>``, printed as
-  ``mixed<k>_graphed_vs_eager_decode_ms_at_<n>``); on the CPU decode is eager (that line prints nan);
+  ``mixed<k>_graphed_vs_eager_decode_ms_at_<n>``); on the CPU decode is eager (that line prints nan) unless
+  ``--decode-graphs static`` runs the graphed step uncaptured (its buckets' cost, and the path the tests run);
 * HF ``model.generate`` on the bare base at ``--hf-rows``: eager (dynamic cache), and ``cache_implementation=
   "static"`` with ``torch.compile`` (HF's own decode-step compile, ``CompileConfig(mode=--compile-mode)``) on
   CUDA; on the CPU the static-cache run is not compiled unless ``--hf-compile on`` (recorded as ``compiled``).

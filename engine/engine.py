@@ -88,6 +88,12 @@ class InferenceEngine:
 
     # -- adapters ---------------------------------------------------------------------------------
 
+    @property
+    def adapters(self) -> AdapterRegistry:
+        """The one owner of every adapter's residency, reference count and stacked-buffer entry (read its state
+        here; load, hold and unload through the engine's methods)."""
+        return self._adapters
+
     def load_adapter(self, name: str, path: str | Path, *, hold: bool = False) -> None:
         """Load a PEFT LoRA adapter directory (safetensors only) under ``name``. Idempotent.
 

@@ -30,11 +30,13 @@ def tokenizer():
 
 
 def test_every_case_measured_and_the_ratio_lines_last(tmp_path, capsys):
-    doc = bench.main([*TINY, "--out", str(tmp_path)])
+    # Graphed decode as on CUDA, its step run eagerly on the CPU: the mixed rows are measured again without it.
+    doc = bench.main([*TINY, "--decode-graphs", "static", "--out", str(tmp_path)])
 
     expected = {f"continuous/{mode}/{rows}" for mode in bench.MODES for rows in (1, 3)}
     expected |= {f"static/{mode}/3" for mode in bench.MODES} | {"hf/eager/3", "hf/static/3"}
     expected |= {"continuous/mixed_gather/3"}  # the mixed rows again, the per-row gather on every decode step
+    expected |= {"continuous/mixed_eager/3"}  # ... and with decode graphs paused
     written = json.loads((tmp_path / "tiny-cpu.json").read_text())
     assert set(written["cases"]) == set(doc["cases"]) == expected
     for name, case in written["cases"].items():
@@ -47,13 +49,17 @@ def test_every_case_measured_and_the_ratio_lines_last(tmp_path, capsys):
             assert case["prefix_hits"] == 0, name  # fresh prompts: no run is served from a warm-up's blocks
     assert written["cases"]["continuous/mixed/3"]["adapters"] == 2
     assert written["cases"]["continuous/mixed_gather/3"]["lora_decode_kernel"] == "gather"
+    assert written["cases"]["continuous/mixed_eager/3"]["decode_graphs"] == "off"
+    assert written["decode_graphs"]["decode_graphs"] == "static"
+    assert written["decode_graphs"]["decode_graph_replays"] > 0
     assert written["cases"]["hf/static/3"]["compiled"] is False
     assert written["lora_layers_stripped"] == 4 * 7 + 1  # tiny: 4 layers x 7 projections, and lm_head
     assert written["roofline"]["floor_ms_per_step"] > 0
 
     lines = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(r"mixed2_dense_vs_gather_decode_ms_at_3: \S+", lines[-3])
-    assert float(lines[-3].split(": ")[1]) > 0
+    assert re.fullmatch(r"mixed2_dense_vs_gather_decode_ms_at_3: \S+", lines[-4])
+    assert re.fullmatch(r"mixed2_graphed_vs_eager_decode_ms_at_3: \S+", lines[-3])
+    assert all(float(line.split(": ")[1]) > 0 for line in lines[-4:-2])
     assert re.fullmatch(r"mixed2_vs_compiled_hf_at_3: \S+", lines[-2])
     assert re.fullmatch(r"roofline_fraction_at_3: \S+", lines[-1])
     values = [float(line.split(": ")[1]) for line in lines[-2:]]
@@ -93,7 +99,7 @@ def test_adapters_load_into_the_engine_as_written(tokenizer, tmp_path):
     assert len(saved) == 2 * (2 * 7 + 1)  # A and B of 2 layers x 7 projections and lm_head
     # The engine's second adapter sits at entry 2 of every layer's stacked buffers (B^T times alpha / r), in the
     # module order PEFT wraps them -- the order of the saved keys.
-    buffers = engine._adapters.stacked.tensors()
+    buffers = engine.adapters.stacked.tensors()
     layer_names = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in saved},
                          key=[n for n, _ in model.named_modules()].index)
     assert len(buffers) == 2 * len(layer_names)

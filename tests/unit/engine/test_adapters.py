@@ -133,7 +133,7 @@ def test_first_load_during_a_bare_batch_keeps_bare_rows_bare(engine, tokenizer, 
 
 def test_adapters_live_in_buffers_allocated_once(engine, tokenizer, adapter_dirs):
     names = list(adapter_dirs)
-    registry = engine._adapters
+    registry = engine.adapters
     engine.load_adapter(names[0], adapter_dirs[names[0]])
     stacked = registry.stacked
     addresses = [t.data_ptr() for t in stacked.tensors()]
@@ -173,7 +173,7 @@ def test_a_higher_rank_grows_the_buffers_and_keeps_every_adapter(base_model, tok
     engine = InferenceEngine(base_model, tokenizer)
     engine.load_adapter(ADAPTER_NAMES[0], adapter_dirs[ADAPTER_NAMES[0]])
     engine.load_adapter("wide", wide)
-    stacked = engine._adapters.stacked
+    stacked = engine.adapters.stacked
     assert stacked.rank == 16 and stacked.reallocations == 1  # rank 8 -> 16, the first adapter's weights kept
     assert [r.text for r in engine.generate(prompts)] == expected
 
@@ -181,7 +181,7 @@ def test_a_higher_rank_grows_the_buffers_and_keeps_every_adapter(base_model, tok
 def test_the_dense_and_gather_kernels_give_the_same_delta(loaded_engine, tokenizer):
     """A decode step (one token per row) with no more entries in use than rows takes the dense kernel, anything
     else the gather; both must compute the same logits, and leave bare rows exactly bare."""
-    registry = loaded_engine._adapters
+    registry = loaded_engine.adapters
     stacked = registry.stacked
     names = list(ADAPTER_NAMES)
     slots = registry.acquire(set(names))
@@ -204,7 +204,7 @@ def test_the_dense_and_gather_kernels_give_the_same_delta(loaded_engine, tokeniz
 
 
 def test_the_decode_kernel_switches_at_runtime_and_refuses_unknown_kinds(loaded_engine):
-    stacked = loaded_engine._adapters.stacked
+    stacked = loaded_engine.adapters.stacked
     assert stacked.dense_decode and loaded_engine.stats()["lora_decode_kernel"] == "auto"
     loaded_engine.set_lora_decode_kernel("gather")
     assert not stacked.dense_decode and loaded_engine.config.lora_decode_kernel == "gather"
@@ -218,7 +218,7 @@ def test_the_decode_kernel_switches_at_runtime_and_refuses_unknown_kinds(loaded_
 def test_a_load_that_fails_copying_into_the_buffers_leaves_nothing_behind(engine, adapter_dirs, monkeypatch):
     from engine.lora_batch import StackedLora
 
-    registry = engine._adapters
+    registry = engine.adapters
     real_write = StackedLora.write
 
     def out_of_memory(self, model, slot, index):
@@ -239,7 +239,7 @@ def test_the_registry_owns_references_and_unloads_a_held_adapter_with_the_last(e
     a, b = ADAPTER_NAMES[0], ADAPTER_NAMES[1]
     engine.load_adapter(a, adapter_dirs[a], hold=True)  # a handle's reference, taken with the load
     engine.hold_adapter(a)  # a queued request's
-    registry = engine._adapters
+    registry = engine.adapters
     slots = registry.acquire({a})  # its running row's
     assert engine.stats()["adapter_references"] == {a: 3}
     engine.release_adapter(a)
