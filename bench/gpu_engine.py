@@ -30,6 +30,8 @@ Cases, each after one short warm-up pass of the same shape (``--warmup-tokens``)
   measured once more with graphs paused (``continuous/mixed_eager/<n>``, printed as
   ``mixed<k>_graphed_vs_eager_decode_ms_at_<n>``); on the CPU decode is eager (that line prints nan) unless
   ``--decode-graphs static`` runs the graphed step uncaptured (its buckets' cost, and the path the tests run);
+* on CUDA with Triton, the mixed rows at ``--hf-rows`` once more with the Triton BGMV decode kernels
+  (``continuous/mixed_bgmv/<n>``, printed as ``mixed<k>_bgmv_vs_dense_decode_ms_at_<n>``: < 1, BGMV faster);
 * HF ``model.generate`` on the bare base at ``--hf-rows``: eager (dynamic cache), and ``cache_implementation=
   "static"`` with ``torch.compile`` (HF's own decode-step compile, ``CompileConfig(mode=--compile-mode)``) on
   CUDA; on the CPU the static-cache run is not compiled unless ``--hf-compile on`` (recorded as ``compiled``).
@@ -392,6 +394,7 @@ def run(args) -> dict:
     import torch
 
     from engine import EngineConfig, GenerationRequest, InferenceEngine, SamplingParams
+    from engine.lora_kernels import bgmv_unavailable
     from modelstore.tiny import build_tokenizer
 
     device = torch.device(args.device)
@@ -470,6 +473,10 @@ def run(args) -> dict:
             engine.set_lora_decode_kernel("gather")
             out.case(f"continuous/mixed_gather/{n}", gather_case, memory, path="continuous", mode="mixed", rows=n,
                      adapters=min(n, args.adapters), lora_decode_kernel="gather")
+            if device.type == "cuda" and bgmv_unavailable(device) is None:  # ... with the Triton BGMV kernels
+                engine.set_lora_decode_kernel("bgmv")
+                out.case(f"continuous/mixed_bgmv/{n}", gather_case, memory, path="continuous", mode="mixed", rows=n,
+                         adapters=min(n, args.adapters), lora_decode_kernel="bgmv")
             engine.set_lora_decode_kernel("auto")
             if engine.stats()["decode_graphs"] != "off":  # the same mixed rows, every decode step eager
                 engine.set_decode_graphs(False)
@@ -511,6 +518,9 @@ def ratios(doc: dict, args) -> dict:
             f"mixed{args.adapters}_dense_vs_gather_decode_ms_at_{n}":
                 mixed.get("decode_ms_per_step", nan) / cases.get(f"continuous/mixed_gather/{n}", {}).get(
                     "decode_ms_per_step", nan),
+            f"mixed{args.adapters}_bgmv_vs_dense_decode_ms_at_{n}":
+                cases.get(f"continuous/mixed_bgmv/{n}", {}).get("decode_ms_per_step", nan)
+                / mixed.get("decode_ms_per_step", nan),
             f"mixed{args.adapters}_graphed_vs_eager_decode_ms_at_{n}":
                 mixed.get("decode_ms_per_step", nan) / cases.get(f"continuous/mixed_eager/{n}", {}).get(
                     "decode_ms_per_step", nan),
@@ -538,7 +548,7 @@ def print_table(doc: dict, path: Path) -> None:
     graphs = doc.get("decode_graphs", {})
     print(f"decode graphs: {graphs.get('decode_graphs', 'off')} ({graphs.get('decode_graphs_off_reason') or 'on'}); "
           f"captured {graphs.get('decode_graph_captures', 0)}, replayed {graphs.get('decode_graph_replays', 0)}")
-    for kind in ("_dense_vs_gather_", "_graphed_vs_eager_"):
+    for kind in ("_dense_vs_gather_", "_bgmv_vs_dense_", "_graphed_vs_eager_"):
         key = next(k for k in doc["ratios"] if kind in k)
         print(f"{key}: {doc['ratios'][key]:.4g}")
     for key in list(doc["ratios"])[:2]:  # the issue's two ratio lines, last

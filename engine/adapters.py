@@ -77,7 +77,7 @@ class AdapterRegistry:
             change under a running forward.
         lora_kernel: how a mixed batch applies its adapters (see ``EngineConfig.lora_kernel``).
         dtype: the compute dtype, of the stacked LoRA buffers (``lora_kernel="gathered"``).
-        dense_decode: whether decode steps may take the dense kernel (``EngineConfig.lora_decode_kernel``).
+        decode_kernel: how decode steps apply the stacked adapters (``EngineConfig.lora_decode_kernel``).
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class AdapterRegistry:
         model_lock: threading.RLock,
         lora_kernel: Literal["gathered", "peft"] = "gathered",
         dtype: torch.dtype = torch.float32,
-        dense_decode: bool = True,
+        decode_kernel: str = "auto",
     ):
         self._base = base_model
         self._peft: Any | None = None
@@ -103,7 +103,7 @@ class AdapterRegistry:
         self.lora_kernel = lora_kernel
         # With "gathered", the stacked buffers hold the only copy of every resident adapter (PEFT's is deleted
         # once copied); an adapter's index is its entry there, free indices are reused.
-        self._stacked = StackedLora(max(1, max_loaded), dtype, dense_decode) if lora_kernel == "gathered" else None
+        self._stacked = StackedLora(max(1, max_loaded), dtype, decode_kernel) if lora_kernel == "gathered" else None
         self._free_indices = list(range(max(1, max_loaded), 0, -1))
         self._index_of_slot: dict[str, int] = {}
 
@@ -343,11 +343,12 @@ class AdapterRegistry:
         with self._lock:
             return [self._index_of_slot.get(s, 0) for s in row_slots]
 
-    def set_dense_decode(self, on: bool) -> None:
-        """Let decode steps take the dense kernel (or not) from the next step on; a no-op without stacked buffers."""
+    def set_decode_kernel(self, kind: str) -> None:
+        """Apply the stacked adapters in decode steps with ``kind`` (``EngineConfig.lora_decode_kernel``) from the
+        next step on; a no-op without stacked buffers."""
         if self._stacked is not None:
             with self._model_lock:
-                self._stacked.dense_decode = on
+                self._stacked.decode_kernel = kind
 
     @property
     def stacked(self) -> StackedLora | None:

@@ -85,11 +85,12 @@ class EngineConfig(BaseModel):
     prefix_block_tokens: int = Field(
         16, ge=1, description="Tokens per shared prefix block: a prompt shares whole blocks only."
     )
-    lora_decode_kernel: Literal["auto", "gather"] = Field(
+    lora_decode_kernel: Literal["auto", "gather", "bgmv"] = Field(
         "auto",
         description=("With lora_kernel 'gathered', how a decode step applies the stacked adapters: 'auto' takes the "
                      "dense kernel when the entries in use are no more than the rows (each entry read once), else "
-                     "the per-row gather; 'gather' always gathers (bench/gpu_engine.py measures both)."),
+                     "the per-row gather; 'gather' always gathers; 'bgmv' runs the Triton BGMV kernels (each row "
+                     "reads its own entry; CUDA only, refused elsewhere). bench/gpu_engine.py measures them all."),
     )
     decode_graphs: Literal["auto", "off", "static"] = Field(
         "auto",

@@ -23,6 +23,7 @@ from .constraints import GrammarCache, GrammarJob
 from .decode import DecodeRow, run_decode
 from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
 from .graphs import DecodeGraphs
+from .lora_kernels import bgmv_unavailable
 from .kv_slots import SlotKVCache, kv_bytes_per_token
 from .params import GenerationRequest, GenerationResult
 from .prefix_cache import PrefixCache
@@ -54,6 +55,7 @@ class InferenceEngine:
         self._image_token_id = tokenizer.convert_tokens_to_ids(self._image_token) if self._image_token else None
         self._pixel_dtype = next((p.dtype for n, p in model.named_parameters() if "vision_tower" in n), None)
         self.device = torch.device(device) if device else next(model.parameters()).device
+        _check_decode_kernel(self.config, self.device)
         model.eval()
         self._model_config = model.config
         # A vision-language model keeps its language model's limits in text_config.
@@ -70,7 +72,7 @@ class InferenceEngine:
         self._model_lock = threading.RLock()
         self._adapters = AdapterRegistry(model, self.config.max_loaded_adapters, self._model_lock,
                                          self.config.lora_kernel, dtype=model.get_input_embeddings().weight.dtype,
-                                         dense_decode=self.config.lora_decode_kernel == "auto")
+                                         decode_kernel=self.config.lora_decode_kernel)
         self._grammars: GrammarCache | None = None
         self._grammar_lock = threading.Lock()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -319,13 +321,16 @@ class InferenceEngine:
             graphs.active = on
 
     def set_lora_decode_kernel(self, kind: str) -> None:
-        """Switch ``lora_decode_kernel`` ('auto' or 'gather') from the next step on (benchmarks compare the two).
+        """Switch ``lora_decode_kernel`` ('auto', 'gather' or 'bgmv') from the next step on (benchmarks compare
+        them in one run).
 
         Raises:
-            ValueError: an unknown kind.
+            ValueError: an unknown kind, or 'bgmv' where its kernels cannot run (the message says why).
         """
-        self.config = EngineConfig.model_validate({**self.config.model_dump(), "lora_decode_kernel": kind})
-        self._adapters.set_dense_decode(kind == "auto")
+        config = EngineConfig.model_validate({**self.config.model_dump(), "lora_decode_kernel": kind})
+        _check_decode_kernel(config, self.device)
+        self.config = config
+        self._adapters.set_decode_kernel(kind)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of K and V one token takes in this model (all layers), in the engine's compute dtype."""
@@ -504,6 +509,14 @@ class InferenceEngine:
                 "decode_graph_captures": g.captures, "decode_graph_replays": g.replays,
                 "decode_graph_padded_rows": g.padded_rows, "decode_graph_invalidations": g.invalidations,
                 "decode_graph_buckets": [list(b) for b in g.buckets]}
+
+
+def _check_decode_kernel(config: EngineConfig, device: torch.device) -> None:
+    """Refuse ``lora_decode_kernel: bgmv`` where its Triton kernels cannot run."""
+    if config.lora_decode_kernel == "bgmv":
+        reason = bgmv_unavailable(device)
+        if reason is not None:
+            raise ValueError(f"lora_decode_kernel 'bgmv' cannot run here: {reason}")
 
 
 def _graph_mode(config: EngineConfig, device: torch.device, model: Any) -> tuple[str | None, str | None]:

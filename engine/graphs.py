@@ -205,9 +205,9 @@ class DecodeGraphs:
 
     # -- the LoRA buffers' generation -------------------------------------------------------------------------
 
-    def _current_lora_tag(self) -> tuple[int, int, bool]:
+    def _current_lora_tag(self) -> tuple[int, int, str]:
         s = self._stacked
-        return s.reallocations, s.rank, s.dense_decode
+        return s.reallocations, s.rank, s.decode_kernel
 
     def _check_lora_tag(self) -> None:
         """Drop the LoRA graphs when the buffers they recorded were rebuilt (or the decode kernel switched)."""

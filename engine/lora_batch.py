@@ -19,7 +19,9 @@ per LoRA layer, two buffers allocated once:
   weights are read once per layer, no copy; **gather** otherwise -- ``A[index]`` / ``B[index]`` per row and two
   ``bmm`` (a prefill's many tokens per row amortise the copy; measured in bench/RESULTS.md).
   The masked-off blocks add exact zeros, so both compute the same sum; a row's arithmetic never mixes with
-  its neighbours', so a row gives the same tokens alone or mixed.
+  its neighbours', so a row gives the same tokens alone or mixed. With ``decode_kernel="bgmv"`` decode steps
+  instead run the Triton BGMV kernels of ``lora_kernels`` (each row reads its own entry, nothing copied,
+  nothing read for bare rows); prefill still gathers.
 
 PEFT still parses and injects an adapter (its key names, ``rank_pattern``, ``alpha_pattern``, rsLoRA
 scaling), then the registry copies it here and deletes PEFT's copy: the buffers are the only copy of an
@@ -36,7 +38,11 @@ from typing import Any, Iterator
 
 import torch
 
+from .lora_kernels import lora_bgmv
+
 __all__ = ["StackedLora", "unsupported_reason", "lora_layers"]
+
+_BGMV = "bgmv"  # the active route's marker for the Triton kernels
 
 
 def lora_layers(model: Any) -> list[Any]:
@@ -66,17 +72,20 @@ class StackedLora:
     Args:
         capacity: adapters resident at once (indices ``1..capacity``; 0 is the bare base).
         dtype: of the buffers: the model's compute dtype (a bf16 base gets bf16 adapters).
-        dense_decode: let decode steps take the dense kernel when it reads less (False: always gather).
+        decode_kernel: how decode steps apply the adapters (``EngineConfig.lora_decode_kernel``): ``"auto"`` the
+            dense kernel when it reads less, else the gather; ``"gather"`` always the gather; ``"bgmv"`` the
+            Triton kernels of ``lora_kernels`` (the caller checked they can run on the device).
     """
 
-    def __init__(self, capacity: int, dtype: torch.dtype, dense_decode: bool = True):
+    def __init__(self, capacity: int, dtype: torch.dtype, decode_kernel: str = "auto"):
         self.capacity = capacity
         self.dtype = dtype
-        self.dense_decode = dense_decode
+        self.decode_kernel = decode_kernel
         self.rank = 0
         self.reallocations = 0
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(layer) -> (A, B)
-        self._active: tuple[torch.Tensor, int, torch.Tensor | None] | None = None  # (index, entries, dense mask)
+        # (index, entries, dense mask | _BGMV | None for the gather)
+        self._active: tuple[torch.Tensor, int, torch.Tensor | str | None] | None = None
 
     # -- residency ------------------------------------------------------------------------------------------
 
@@ -161,7 +170,9 @@ class StackedLora:
         """
         if index is None or not self._buffers:
             self._active = None
-        elif self.dense_decode and 0 < entries <= index.shape[0]:
+        elif self.decode_kernel == "bgmv":
+            self._active = (index, entries, _BGMV)
+        elif self.decode_kernel == "auto" and 0 < entries <= index.shape[0]:
             # Dense may serve this step's decode forwards: the mask that keeps each row's own block, built once.
             rank = self.rank
             blocks = torch.arange(rank * entries, device=index.device) // rank + 1
@@ -184,7 +195,16 @@ class StackedLora:
         x = args[0] if args else kwargs["x"]
         x3 = x.to(a.dtype).reshape(x.shape[0], -1, x.shape[-1])
         index, entries, mask = active
-        if mask is not None and x3.shape[1] == 1:
+        if mask is _BGMV and x3.shape[1] == 1:
+            # Triton BGMV: each row reads its own entry's A and B from the buffers and adds into the output.
+            out = output.reshape(x3.shape[0], -1)
+            if out.dtype != a.dtype or not out.is_contiguous():
+                delta = torch.zeros((x3.shape[0], b.shape[-1]), dtype=a.dtype, device=x.device)
+                lora_bgmv(x3[:, 0], a, b, index, delta)
+                return output + delta.reshape(output.shape).to(output.dtype)
+            lora_bgmv(x3[:, 0], a, b, index, out)
+            return output
+        if isinstance(mask, torch.Tensor) and x3.shape[1] == 1:
             # Dense (a decode step, no more entries than rows): each entry's weights are read once, in two plain
             # matmuls over the entries' stacked ranks (views: the buffers are contiguous); the mask keeps each
             # row's own block.

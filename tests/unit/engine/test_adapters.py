@@ -203,16 +203,20 @@ def test_the_dense_and_gather_kernels_give_the_same_delta(loaded_engine, tokeniz
         registry.release(set(names))
 
 
-def test_the_decode_kernel_switches_at_runtime_and_refuses_unknown_kinds(loaded_engine):
+def test_the_decode_kernel_switches_at_runtime_and_refuses_unknown_kinds(loaded_engine, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     stacked = loaded_engine.adapters.stacked
-    assert stacked.dense_decode and loaded_engine.stats()["lora_decode_kernel"] == "auto"
+    assert stacked.decode_kernel == "auto" and loaded_engine.stats()["lora_decode_kernel"] == "auto"
     loaded_engine.set_lora_decode_kernel("gather")
-    assert not stacked.dense_decode and loaded_engine.config.lora_decode_kernel == "gather"
+    assert stacked.decode_kernel == "gather" and loaded_engine.config.lora_decode_kernel == "gather"
     with pytest.raises(ValueError, match="lora_decode_kernel"):
         loaded_engine.set_lora_decode_kernel("fast")
     assert loaded_engine.config.lora_decode_kernel == "gather"  # a refused switch changes nothing
     loaded_engine.set_lora_decode_kernel("auto")
-    assert stacked.dense_decode
+    assert stacked.decode_kernel == "auto"
+    with pytest.raises(ValueError, match="'bgmv' cannot run here: it needs a CUDA device, not cpu"):
+        loaded_engine.set_lora_decode_kernel("bgmv")  # (TRITON_INTERPRET unset)
+    assert stacked.decode_kernel == "auto"
 
 
 def test_a_load_that_fails_copying_into_the_buffers_leaves_nothing_behind(engine, adapter_dirs, monkeypatch):
