@@ -22,7 +22,8 @@ only sound when every tensor the step reads or writes keeps its address and shap
   again on their next use. A bucket whose rows all run the bare base has its own graph without the LoRA work.
 
 Captures are lazy (a bucket is captured the first time a step needs it: one eager warm-up step, then the
-capture, both on the real rows, which compute exactly what the replay computes) and share one memory pool.
+capture, both on the real rows, which compute exactly what the replay computes), share one memory pool and write
+one logits buffer, so more buckets cost no more output memory.
 Sampling stays outside the graph: it reads the static logits (``sampling.choose_tokens``: a few tensor ops,
 one transfer) because seeded rows draw from their own generators. Prefill stays eager: its shapes vary with
 every join.
@@ -101,11 +102,12 @@ class DecodeGraphs:
         stacked: the registry's stacked LoRA buffers (rows reach their adapters only through them).
         device: the model's device.
         pad_id: the token padding rows feed.
+        vocab_size: of the logits (the static output every graph writes).
         mode: ``"cuda"`` captures and replays CUDA graphs; ``"static"`` runs the same step eagerly (any device).
     """
 
     def __init__(self, model: Callable[..., Any], cache: SlotKVCache, stacked: StackedLora, *, device: torch.device,
-                 pad_id: int, mode: Literal["cuda", "static"]):
+                 pad_id: int, vocab_size: int, mode: Literal["cuda", "static"]):
         if mode == "cuda" and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
         self._model, self.cache, self._stacked = model, cache, stacked
@@ -115,6 +117,8 @@ class DecodeGraphs:
         # The static inputs: row r's last token, length (= its position and write position), LoRA entry.
         self._inputs = torch.zeros((3, rows), dtype=torch.long, device=device)
         self._staging = torch.zeros((3, rows), dtype=torch.long, pin_memory=device.type == "cuda")
+        # Every bucket's step writes its logits here: one output for all graphs, whatever their number.
+        self._logits = torch.empty((rows, vocab_size), dtype=cache.dtype, device=device)
         self._steps: dict[tuple[int, int, bool], _Step] = {}
         self._pool = torch.cuda.graph_pool_handle() if mode == "cuda" else None
         self._lora_tag = self._current_lora_tag()
@@ -177,7 +181,9 @@ class DecodeGraphs:
         with route:
             out = self._model(input_ids=tokens[:, None], attention_mask=mask, position_ids=lengths[:, None],
                               cache=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
+        logits = self._logits[:rows]
+        logits.copy_(out.logits[:, -1, :])
+        return logits
 
     def _capture(self, key: tuple[int, int, bool]) -> torch.Tensor:
         """Capture ``key``'s step and run it once on the inputs in place; its logits."""

@@ -128,12 +128,13 @@ class ContinuousScheduler:
         self._closed = False
         self._abort = False
         self._thread: threading.Thread | None = None
+        self._cpu_pools = device.type == "cpu"  # free idle OpenMP pools (see submit_many and _loop)
         self._masker: BatchMasker | None = None
         self._router = adapters.router()
         self._step_started, self._step_distinct = 0.0, 0
         self.stats = SchedulerStats()
         self.graphs = (DecodeGraphs(lambda **kw: adapters.model(**kw), cache, adapters.stacked, device=device,
-                                    pad_id=pad_id, mode=graphs) if graphs is not None else None)
+                                    pad_id=pad_id, vocab_size=vocab_size, mode=graphs) if graphs is not None else None)
 
     # -- callers ---------------------------------------------------------------------------------------
 
