@@ -29,6 +29,7 @@ import torch
 
 from .adapters import AdapterRegistry
 from .constraints import BatchMasker
+from .cpu_threads import release_openmp_pool
 from .decode import DecodeRow, vision_inputs
 from .errors import EngineClosed, QueueFull, RequestTooLarge
 from .graphs import DecodeGraphs
@@ -161,6 +162,8 @@ class ContinuousScheduler:
                     f"tokens does not fit a KV slot of {self.cache.slot_tokens} tokens "
                     f"({self.cache.bytes_per_token} bytes per token, {self.cache.slots} slots)")
         handles = [RowHandle(request) for _, request, _, _ in items]
+        if self._cpu_pools:  # this thread's OpenMP pool would throttle the loop thread's (engine/cpu_threads.py)
+            release_openmp_pool()
         with self._cond:
             if self._closed:
                 raise EngineClosed("the engine is closed and accepts no new requests")
@@ -233,6 +236,8 @@ class ContinuousScheduler:
 
     def _loop(self) -> None:
         while True:
+            if self._cpu_pools and not self._waiting and not self._running:  # idle: free this thread's OpenMP
+                release_openmp_pool()  # pool so it throttles no other thread's meanwhile (engine/cpu_threads.py)
             with self._cond:
                 while not self._waiting and not self._running and not self._closed:
                     self._cond.wait()
