@@ -11,10 +11,10 @@ i.e. always with torch's default T = C.
 
 The cure is to have one pool at a time: :func:`release_openmp_pool` frees the calling thread's pool
 (``omp_pause_resource_all``: its workers exit and the count drops; the thread's next parallel region starts a new
-pool with the same number of threads, so no result changes). The scheduler calls it in the thread that submits
-rows (on a CPU device), and in its loop thread before that thread idles. Only the thread that owns a pool can free
-it: a thread that keeps doing parallel work beside a running loop (e.g. whichever thread loaded the model, if it
-never submits) still throttles both.
+pool with the same number of threads, so no result changes). On a CPU device the engine calls it in the thread
+that built it (which loaded the model), in each thread that loads or unloads an adapter, in the thread that
+submits rows, and in its loop thread before that thread idles. Only the thread that owns a pool can free it: a
+thread that keeps doing parallel torch work of its own beside a running loop still throttles both.
 """
 
 from __future__ import annotations

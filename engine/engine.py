@@ -20,11 +20,12 @@ import xgrammar as xgr
 from .adapters import BASE_SLOT, AdapterRegistry
 from .config import EngineConfig
 from .constraints import GrammarCache, GrammarJob
+from .cpu_threads import release_openmp_pool
 from .decode import DecodeRow, run_decode
 from .errors import AdapterNotLoaded, BatchTooLarge, InvalidRequest, RequestTooLarge
 from .graphs import DecodeGraphs
-from .lora_kernels import bgmv_unavailable
 from .kv_slots import SlotKVCache, kv_bytes_per_token
+from .lora_kernels import bgmv_unavailable
 from .params import GenerationRequest, GenerationResult
 from .prefix_cache import PrefixCache
 from .scheduler import ContinuousScheduler, RowHandle
@@ -87,6 +88,13 @@ class InferenceEngine:
         self._graph_mode, self.graphs_off_reason = _graph_mode(self.config, self.device, model)
         self._on_step = on_step
         self._scheduler_lock = threading.Lock()
+        self._release_cpu_pool()  # the thread that loaded the model holds an OpenMP pool the loop would share CPUs with
+
+    def _release_cpu_pool(self) -> None:
+        """On a CPU device, free the calling thread's OpenMP worker pool after it ran torch work (loading the
+        model, an adapter), so the loop thread's forwards are not throttled by an idle pool (engine/cpu_threads.py)."""
+        if self.device.type == "cpu":
+            release_openmp_pool()
 
     # -- adapters ---------------------------------------------------------------------------------
 
@@ -107,7 +115,10 @@ class InferenceEngine:
             AdapterLoadError: bad directory, pickle weights, or weights that do not fit the base.
             TooManyAdapters: ``max_loaded_adapters`` are already resident (:meth:`wait_for_adapter_room`).
         """
-        self._adapters.load(name, Path(path), hold=hold)
+        try:
+            self._adapters.load(name, Path(path), hold=hold)
+        finally:
+            self._release_cpu_pool()
 
     def hold_adapter(self, name: str) -> None:
         """Take a reference to resident ``name`` (a request that will use it, a cached handle).
@@ -136,7 +147,10 @@ class InferenceEngine:
         Raises:
             AdapterNotLoaded: ``name`` is not loaded.
         """
-        self._adapters.unload(name)
+        try:
+            self._adapters.unload(name)
+        finally:
+            self._release_cpu_pool()
 
     def loaded_adapters(self) -> list[str]:
         """Names requests may use, sorted."""
