@@ -77,3 +77,17 @@ def test_image_rows_join_the_continuous_loop_as_they_run_alone(vision):
     alone = [engine.generate([r])[0].text for r in rows]
     handles = [engine.submit(r) for r in rows]
     assert [h.future.result(60).text for h in handles] == alone
+
+
+def test_image_rows_decode_through_the_graphed_step_as_they_run_alone(vision, seeded_store_root):
+    from engine import EngineConfig
+
+    engine, image_prompt, text_prompt, _ = vision
+    loaded = load_base(ModelStore(seeded_store_root), VISION_BASE_REF, "fp32")
+    graphed = InferenceEngine(loaded.model, loaded.tokenizer, EngineConfig(decode_graphs="static"),
+                              processor=loaded.processor)
+    rows = [GenerationRequest(prompt=image_prompt, images=[_image("blue")], params=PARAMS),
+            GenerationRequest(prompt=text_prompt, params=SamplingParams(max_new_tokens=20, ignore_eos=True))]
+    alone = [engine.generate([r])[0].text for r in rows]
+    assert [h.future.result(60).text for h in [graphed.submit(r) for r in rows]] == alone
+    assert graphed.stats()["decode_graph_replays"] > 0
