@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -318,6 +319,13 @@ class InferenceEngine:
     def decode_graphs(self) -> DecodeGraphs | None:
         """The continuous loop's graphed decode steps (None: eager decode, or before the first ``submit``)."""
         return self._scheduler.graphs if self._scheduler is not None else None
+
+    def capture_decode_graphs(self) -> Future[int]:
+        """Capture every decode-graph bucket not captured yet (bare-base buckets, and LoRA buckets once an adapter
+        is loaded) as soon as the loop has no rows, instead of each on its first step; the future gives how many
+        (0 where decode is not graphed). A replica calls it at start, after preloading its adapters.
+        """
+        return self._continuous().capture_graphs()
 
     def set_decode_graphs(self, on: bool) -> None:
         """Pause (False) or resume graphed decode steps from the next step on; the captured graphs are kept.

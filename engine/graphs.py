@@ -21,9 +21,10 @@ only sound when every tensor the step reads or writes keeps its address and shap
   ``StackedLora.reallocations``) or a switch of the decode kernel drops the LoRA graphs, which are captured
   again on their next use. A bucket whose rows all run the bare base has its own graph without the LoRA work.
 
-Captures are lazy (a bucket is captured the first time a step needs it: one eager warm-up step, then the
-capture, both on the real rows, which compute exactly what the replay computes), share one memory pool and write
-one logits buffer, so more buckets cost no more output memory.
+A bucket is captured the first time a step needs it (one eager warm-up step, then the capture, both on the real
+rows, which compute exactly what the replay computes), or ahead of traffic by :meth:`DecodeGraphs.capture_all`
+(a replica asks for it at start, after preloading its adapters; the loop runs it once no row runs). Graphs share
+one memory pool and write one logits buffer, so more buckets cost no more output memory.
 Sampling stays outside the graph: it reads the static logits (``sampling.choose_tokens``: a few tensor ops,
 one transfer) because seeded rows draw from their own generators. Prefill stays eager: its shapes vary with
 every join.
@@ -46,7 +47,7 @@ import torch
 from .kv_slots import SlotKVCache
 from .lora_batch import StackedLora
 
-__all__ = ["DecodeGraphs", "GraphStats", "row_buckets", "kv_bucket"]
+__all__ = ["DecodeGraphs", "GraphStats", "row_buckets", "kv_bucket", "kv_buckets"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,15 @@ def row_buckets(slots: int) -> list[int]:
     sizes = [b for b in (1, 2, 4) if b < slots]
     sizes += list(range(8, slots, 8))
     return [*sizes, slots]
+
+
+def kv_buckets(slot_tokens: int) -> list[int]:
+    """Every kv length a graphed step may attend to with slots of ``slot_tokens``."""
+    buckets, bucket = [], KV_BUCKET_MIN
+    while bucket < slot_tokens:
+        buckets.append(bucket)
+        bucket *= 2
+    return [*buckets, slot_tokens]
 
 
 def kv_bucket(kv_len: int, slot_tokens: int) -> int:
@@ -144,6 +154,53 @@ class DecodeGraphs:
         lora = any(entries)
         if lora:
             self._check_lora_tag()
+        self._fill(tokens, lengths, entries, rows)
+        key = (rows, kv_len, lora)
+        step = self._steps.get(key)
+        if step is None:
+            try:
+                logits = self._capture(key)
+            except Exception as exc:  # not capturable here: decode eagerly from now on
+                self._fail(key, exc)
+                return None
+        else:
+            logits = step.run()
+        self.stats.replays += 1
+        self.stats.padded_rows += rows - n
+        return logits[:n]
+
+    def capture_all(self) -> int:
+        """Capture every bucket not captured yet (largest first, so smaller ones reuse its pool memory): bare-base
+        graphs, and LoRA graphs once the stacked buffers exist (after the first adapter load). Returns how many.
+
+        Call under the model lock and only while no rows run: each capture runs the step on padding rows that
+        write K/V into the first slots.
+        """
+        if not self.enabled:
+            return 0
+        self._check_lora_tag()
+        variants = [False, True] if self._stacked.rank else [False]
+        done = 0
+        for rows in reversed(self.buckets):
+            for kv_len in reversed(kv_buckets(self.cache.slot_tokens)):
+                for lora in variants:
+                    key = (rows, kv_len, lora)
+                    if key in self._steps:
+                        continue
+                    # Padding rows at the bucket's last position; a LoRA bucket's rows on entry 1 (zeros if empty).
+                    self._fill([self._pad_id] * rows, [kv_len - 1] * rows, [int(lora)] * rows, rows)
+                    try:
+                        self._capture(key)
+                    except Exception as exc:
+                        self._fail(key, exc)
+                        return done
+                    done += 1
+        return done
+
+    def _fill(self, tokens: list[int], lengths: list[int], entries: list[int], rows: int) -> None:
+        """The static inputs of a ``rows`` bucket: the given rows, then padding rows (pad token, slot position 0,
+        bare base); one host-to-device copy."""
+        n = len(tokens)
         staging = self._staging
         staging[:, n:rows] = 0
         staging[0, n:rows] = self._pad_id
@@ -151,22 +208,12 @@ class DecodeGraphs:
         staging[1, :n] = torch.tensor(lengths, dtype=torch.long)
         staging[2, :n] = torch.tensor(entries, dtype=torch.long)
         self._inputs[:, :rows].copy_(staging[:, :rows], non_blocking=True)
-        key = (rows, kv_len, lora)
-        step = self._steps.get(key)
-        if step is None:
-            try:
-                logits = self._capture(key)
-            except Exception as exc:  # not capturable here: decode eagerly from now on
-                self.stats.failed = f"{type(exc).__name__}: {exc}"
-                self._steps.clear()
-                self.stats.buckets = []
-                log.warning("decode graphs turned off: capturing %s failed: %s", key, self.stats.failed)
-                return None
-        else:
-            logits = step.run()
-        self.stats.replays += 1
-        self.stats.padded_rows += rows - n
-        return logits[:n]
+
+    def _fail(self, key: tuple[int, int, bool], exc: Exception) -> None:
+        self.stats.failed = f"{type(exc).__name__}: {exc}"
+        self._steps.clear()
+        self.stats.buckets = []
+        log.warning("decode graphs turned off: capturing %s failed: %s", key, self.stats.failed)
 
     def step_function(self, rows: int, kv_len: int, lora: bool) -> Callable[[], torch.Tensor]:
         """The step a bucket's graph records: everything from the static inputs to the last position's logits

@@ -129,6 +129,7 @@ class ContinuousScheduler:
         self._closed = False
         self._abort = False
         self._thread: threading.Thread | None = None
+        self._capture_request: Future[int] | None = None  # capture_graphs: done by the loop once it is idle
         self._cpu_pools = device.type == "cpu"  # free idle OpenMP pools (see submit_many and _loop)
         self._masker: BatchMasker | None = None
         self._router = adapters.router()
@@ -177,11 +178,14 @@ class ContinuousScheduler:
                                 f"(max_waiting_requests {self.max_waiting}); retry shortly")
             for handle, (row, _, names, slot_name) in zip(handles, items):
                 self._waiting.append(_Row(handle, row, names, slot_name))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
-                self._thread.start()
+            self._start_loop()
             self._cond.notify()
         return handles
+
+    def _start_loop(self) -> None:  # under self._cond
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+            self._thread.start()
 
     def set_max_running(self, n: int) -> None:
         """Run at most ``n`` rows at once from the next step on (rows above it finish; none are cut).
@@ -239,8 +243,15 @@ class ContinuousScheduler:
             if self._cpu_pools and not self._waiting and not self._running:  # idle: free this thread's OpenMP
                 release_openmp_pool()  # pool so it throttles no other thread's meanwhile (engine/cpu_threads.py)
             with self._cond:
-                while not self._waiting and not self._running and not self._closed:
+                while not self._waiting and not self._running and not self._closed and self._capture_request is None:
                     self._cond.wait()
+                capture = None
+                if self._capture_request is not None and (self._closed or not (self._waiting or self._running)):
+                    capture, self._capture_request = self._capture_request, None
+            if capture is not None:
+                self._capture_graphs(capture)
+                continue
+            with self._cond:
                 if self._abort:  # closed and out of time: fail what is left, and stop
                     failed = [*self._running, *self._waiting]
                     self._running, self._waiting = [], collections.deque()
@@ -278,6 +289,30 @@ class ContinuousScheduler:
                     self._finish(r, error=exc)
             with self._cond:
                 self._cond.notify_all()
+
+    def capture_graphs(self) -> Future[int]:
+        """Ask the loop to capture every decode-graph bucket not captured yet, as soon as no row runs or waits (the
+        captures write into free KV slots); the future gives how many were captured (0: graphs off or closed)."""
+        with self._cond:
+            if self.graphs is None or not self.graphs.enabled or self._closed:
+                done: Future[int] = Future()
+                done.set_result(0)
+                return done
+            if self._capture_request is None:
+                self._capture_request = Future()
+            self._start_loop()
+            self._cond.notify()
+            return self._capture_request
+
+    def _capture_graphs(self, request: Future[int]) -> None:
+        try:
+            if self._closed:
+                request.set_result(0)
+                return
+            with self._model_lock, torch.inference_mode():
+                request.set_result(self.graphs.capture_all())
+        except Exception as exc:  # capture_all turns graphs off on a failed capture; anything else is reported
+            request.set_exception(exc)
 
     def _begin_step(self, rows: list[_Row]) -> None:
         distinct = len({r.slot_name for r in rows})

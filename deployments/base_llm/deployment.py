@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from ray import serve
@@ -64,6 +65,7 @@ class BaseLLMDeployment:
         loop = asyncio.get_running_loop()
         self._preload_task = loop.create_task(self._preload()) if self._settings.preload_adapters else None
         self._gauge_task = loop.create_task(self._export_gauges())
+        self._graphs_task = loop.create_task(self._capture_decode_graphs())
 
     async def _export_gauges(self) -> None:
         # Ray 2.60 reports a gauge only if it was set since the previous report (every 10 s by default),
@@ -92,6 +94,22 @@ class BaseLLMDeployment:
                 reason = "not_found" if isinstance(exc, (NotFoundError, AdapterNotFoundError)) else "load_error"
                 log.warning("preloading adapter %s failed (%s): %s", ref, reason, exc)
                 self._server.metrics.preload_failed(ref, reason)
+
+    async def _capture_decode_graphs(self) -> None:
+        """On a GPU, capture every decode-graph bucket once the preloaded adapters are in (so the LoRA buckets are
+        captured too) and the loop is idle, rather than one bucket at a time on live requests' steps."""
+        engine = self._server.engine
+        if engine.stats()["decode_graphs"] != "cuda":
+            return
+        if self._preload_task is not None:
+            await asyncio.wait([self._preload_task])
+        started = time.monotonic()
+        try:
+            count = await asyncio.wrap_future(engine.capture_decode_graphs())
+        except Exception:  # noqa: BLE001 - the loop then captures bucket by bucket (or decodes eagerly)
+            log.exception("capturing the decode graphs at start failed")
+            return
+        log.info("captured %d decode graphs in %.1f s", count, time.monotonic() - started)
 
     async def get_model(self, model_id: str) -> AdapterHandle:
         """Load the adapter ``model_id`` names (the builder wraps this in ``serve.multiplexed``)."""

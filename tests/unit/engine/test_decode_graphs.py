@@ -199,3 +199,36 @@ def test_graphs_pause_and_resume_between_steps(base_model, tokenizer, adapter_di
     eager = InferenceEngine(base_model, tokenizer, EngineConfig(decode_graphs="off"))
     with pytest.raises(ValueError, match="decode_graphs is 'off'"):
         eager.set_decode_graphs(True)
+
+
+def test_every_bucket_captured_at_start_serves_without_a_capture(base_model, tokenizer, adapter_dirs):
+    config = {"max_batch_size": 4, "max_prompt_tokens": 200, "max_new_tokens_limit": 100}  # slots of 300 tokens
+    engine = _graphed(base_model, tokenizer, **config)
+    assert engine.capture_decode_graphs().result(120) == 3 * 3  # rows 1, 2, 4 x kv 128, 256, 300; bare only
+    for name, path in adapter_dirs.items():
+        engine.load_adapter(name, path)
+    assert engine.capture_decode_graphs().result(120) == 3 * 3  # now the LoRA buckets
+    assert engine.capture_decode_graphs().result(120) == 0  # nothing left
+    rows = [_request(tokenizer, i, [None, *ADAPTER_NAMES][i % 4], 4 + 6 * i) for i in range(4)]
+    alone = [engine.generate([r])[0].text for r in rows]
+    assert [h.future.result(120).text for h in [engine.submit(r) for r in rows]] == alone
+    stats = engine.stats()
+    assert stats["decode_graph_captures"] == 18 and stats["decode_graph_replays"] > 0
+    off = InferenceEngine(base_model, tokenizer, EngineConfig(decode_graphs="off"))
+    assert off.capture_decode_graphs().result(10) == 0
+
+
+def test_a_capture_asked_for_while_rows_run_waits_for_them(base_model, tokenizer, adapter_dirs):
+    engine = _graphed(base_model, tokenizer, adapter_dirs, max_batch_size=2, max_prompt_tokens=100,
+                      max_new_tokens_limit=60)
+    row = _request(tokenizer, 1, ADAPTER_NAMES[0], 60)
+    alone = engine.generate([row])[0].text
+    handle = engine.submit(row)
+    _wait(lambda: engine.stats()["continuous_decode_steps"] >= 3)
+    order = []
+    handle.future.add_done_callback(lambda _: order.append("row"))
+    captured = engine.capture_decode_graphs()
+    captured.add_done_callback(lambda _: order.append("captures"))
+    assert handle.future.result(120).text == alone
+    assert captured.result(120) > 0
+    assert order == ["row", "captures"]  # they ran once the loop was idle, never into a running row's slot
