@@ -41,8 +41,9 @@ Timing (``torch.cuda.synchronize`` before every clock read that is not preceded 
 device-to-host copy of the chosen tokens): ``ttft_ms`` is from the call (submission) to the first token of
 every row (end of the prefill); ``decode_ms_per_step`` is the time from there to the last token over the decode
 steps; ``tokens_per_s`` is rows x new tokens over the whole call; ``decode_tokens_per_s`` is rows over the
-decode step time. The engine's step times come from its ``on_step`` callbacks; HF's from two calls,
-``new_tokens`` and 1 (decode = the difference over ``new_tokens - 1`` steps, TTFT = the 1-token call).
+decode step time. The engine's step times come from its ``on_step`` callbacks; HF's from a streamer that reads
+the clock at every step of the same call (HF's generate already waits on the device each step for its stopping
+check, so the reads add no wait of their own).
 
 Weights-read roofline: the bytes a decode step must read (every parameter but the input embedding, of which a
 step reads only its rows) over ``--bandwidth-gbs`` (4800 GB/s, H200) is the floor of a step;
@@ -305,9 +306,23 @@ class EngineRunner:
         return figures(len(requests), new_tokens, end - t0, times[0] - t0, times[-1] - times[0], len(times) - 1)
 
 
+class _TokenClock:
+    """A ``generate`` streamer that only reads the clock: its first ``put`` is the prompt, then one per step."""
+
+    def __init__(self, clock: Clock):
+        self.clock, self.times = clock, []
+
+    def put(self, _value: Any) -> None:
+        self.times.append(self.clock())
+
+    def end(self) -> None:
+        pass
+
+
 def hf_generate(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int, clock: Clock, *,
-                static: bool, compile_mode: str | None) -> float:
-    """Seconds of one greedy ``model.generate`` of exactly ``new_tokens`` tokens per prompt."""
+                static: bool, compile_mode: str | None) -> tuple[float, float, float]:
+    """One greedy ``model.generate`` of exactly ``new_tokens`` tokens per prompt: seconds for the whole call, to
+    the first tokens, and from there to the last (the steps timed by a streamer as they come)."""
     import torch
 
     enc = tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True).to(model.device)
@@ -324,23 +339,25 @@ def hf_generate(model: Any, tokenizer: Any, prompts: list[str], new_tokens: int,
         if model.device.type != "cuda" and hasattr(config, "_compile_all_devices"):
             config._compile_all_devices = True  # HF compiles on CUDA only unless told
         kwargs["compile_config"] = config
+    steps = _TokenClock(clock)
     t0 = clock()
     with torch.inference_mode():
-        out = model.generate(**enc, **kwargs)
+        out = model.generate(**enc, **kwargs, streamer=steps)
     seconds = clock() - t0
     if out.shape[1] - enc.input_ids.shape[1] != new_tokens:
         raise RuntimeError(f"HF generated {out.shape[1] - enc.input_ids.shape[1]} tokens, expected {new_tokens}")
-    return seconds
+    first = steps.times[1]  # times[0]: the prompt, put before the prefill
+    return seconds, first - t0, steps.times[-1] - first
 
 
 def hf_case(model: Any, tokenizer: Any, prompts: Callable[[int], list[str]], rows: int, args, clock: Clock, *,
             static: bool, compile_mode: str | None) -> dict:
-    """HF reference: a full-length warm-up call (compiles), then ``new_tokens`` and 1-token calls, fresh prompts."""
-    run = lambda n: hf_generate(model, tokenizer, prompts(rows), n, clock, static=static,  # noqa: E731
-                                compile_mode=compile_mode)
-    warm = run(args.new_tokens)  # full length: compiles every decode step; eager first calls are slow too (CPU: 5x)
-    whole, first = run(args.new_tokens), run(1)
-    out = figures(rows, args.new_tokens, whole, first, whole - first, args.new_tokens - 1)
+    """HF reference: a full-length warm-up call (compiles), then the measured call, fresh prompts."""
+    run = lambda: hf_generate(model, tokenizer, prompts(rows), args.new_tokens, clock, static=static,  # noqa: E731
+                              compile_mode=compile_mode)
+    warm = run()[0]  # full length: compiles every decode step; eager first calls are slow too (CPU: 5x)
+    whole, first, decode = run()
+    out = figures(rows, args.new_tokens, whole, first, decode, args.new_tokens - 1)
     return {**out, "warmup_s": warm}
 
 
