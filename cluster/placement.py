@@ -34,6 +34,8 @@ class PoolPlacement(BaseModel):
     reason: str = Field("", description="Why these agents landed on this variant.")
     memory_budget_mb: int | None = Field(None, ge=1, description="Replica budget: weights + KV + adapters + context.")
     kv_cache_mb: int | None = Field(None, ge=0, description="KV cache share of the budget, MiB.")
+    prefix_cache_mb: int | None = Field(None, ge=0, description="Prefix cache share of the budget, MiB (None: not "
+                                        "planned; the engine's own prefix_cache_bytes applies).")
     serve_options: dict[str, Any] = Field(default_factory=dict, description="Serve deployment options from the "
                                           "plan: ray_actor_options, max_ongoing_requests, autoscaling_config, "
                                           "user_config (max_batch_size, max_num_models_per_replica).")
@@ -87,7 +89,8 @@ def placement_from_plan(layout: PoolLayout, plan: Plan) -> AppPlacement:
         pools[pool.name] = PoolPlacement(
             variant=d.variant, device=d.device, base_ref=d.base_ref, agents=list(pool.agents),
             adapters=list(pool.adapters), reason=pool.reason, memory_budget_mb=d.memory_budget_mb,
-            kv_cache_mb=d.memory.kv_cache_mb, serve_options=_serve_options(d))
+            kv_cache_mb=d.memory.kv_cache_mb, prefix_cache_mb=d.memory.prefix_cache_mb,
+            serve_options=_serve_options(d))
     return AppPlacement(inventory=plan.inventory, pools=pools, routes={a: list(r) for a, r in layout.routes.items()})
 
 

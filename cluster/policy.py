@@ -53,6 +53,13 @@ class PlacementPolicy(BaseModel):
     max_num_models_per_replica: int = Field(
         default=8, ge=1, description="Most adapters one replica keeps resident, whatever memory allows."
     )
+    prefix_tokens_per_model: int | None = Field(
+        default=None, ge=0, description="Prompt tokens of shared prefix (an agent's system prompt) a replica's "
+        "prefix cache keeps per resident adapter and for the bare base: the plan then counts prefix_cache_mb in the "
+        "replica's budget (at the KV cache's bytes per token) and sets the engine's prefix_cache_bytes to it; 0 "
+        "turns prefix sharing off. None: the engine's own prefix_cache_bytes (32 MiB), outside the plan -- too "
+        "small for Mistral-7B's 128 KiB per token (256 tokens), so set this for a real base."
+    )
     allow_quantized: bool = Field(
         default=False, description="Whether bnb-int8 / bnb-4bit may be chosen for demands that do not say."
     )

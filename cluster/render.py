@@ -61,6 +61,9 @@ def format_plan(plan: Plan) -> str:
         out.append(f"  kv cache: {m.max_concurrent_sequences} sequences x {m.kv_mb_per_sequence} MiB ({m.kv_source}"
                    f"{images})")
         out.append(f"  adapters: {d.models_reason}; slot {m.adapter_slot_mb} MiB")
+        if m.prefix_cache_mb is not None:
+            out.append(f"  prefix cache: {m.prefix_cache_mb} MiB ({plan.policy.prefix_tokens_per_model} tokens for each of "
+                       f"{d.max_num_models_per_replica} adapters and the bare base; in replica_MiB)")
     out.append("")
     out.append(f"Packing at max_replicas ({plan.max_replicas_rule}):")
     rows = [[b.node if b.gpu is None else f"{b.node}:gpu{b.gpu}",

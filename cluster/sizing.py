@@ -32,8 +32,8 @@ from .demand import MIB, QUANTIZED, DeploymentDemand
 from .errors import NoVariantFitsError
 from .policy import PlacementPolicy
 
-__all__ = ["ReplicaMemory", "ReplicaSizing", "candidate_variants", "kv_mb_per_sequence", "size_replica",
-           "variant_shortfall"]
+__all__ = ["ReplicaMemory", "ReplicaSizing", "candidate_variants", "kv_mb_per_sequence", "prefix_cache_mb",
+           "size_replica", "variant_shortfall"]
 
 Device = Literal["cuda", "cpu"]
 
@@ -54,6 +54,9 @@ class ReplicaMemory(BaseModel):
     adapters_mb: int = Field(ge=0, description="Resident adapters: adapter_slot_mb x max_num_models_per_replica.")
     adapter_slot_mb: int = Field(ge=0, description="Largest adapter of the deployment, MiB.")
     context_mb: int = Field(ge=0, description="CUDA context (GPU) or process overhead (CPU).")
+    prefix_cache_mb: int | None = Field(None, ge=0, description="Prefix cache (shared prompt blocks): the KV of "
+                                        "the policy's prefix_tokens_per_model tokens for each resident adapter and "
+                                        "the bare base; None: not planned (the engine's own default applies).")
 
     @model_validator(mode="before")
     @classmethod
@@ -62,15 +65,17 @@ class ReplicaMemory(BaseModel):
         if isinstance(data, dict) and "total_mb" in data:
             data = dict(data)
             total = data.pop("total_mb")
-            parts = sum(int(data.get(k, 0)) for k in ("weights_mb", "kv_cache_mb", "adapters_mb", "context_mb"))
+            parts = sum(int(data.get(k) or 0) for k in ("weights_mb", "kv_cache_mb", "adapters_mb", "context_mb",
+                                                         "prefix_cache_mb"))
             if total != parts:
-                raise ValueError(f"total_mb ({total}) must equal weights + kv + adapters + context ({parts})")
+                prefix = " + prefix cache" if data.get("prefix_cache_mb") is not None else ""
+                raise ValueError(f"total_mb ({total}) must equal weights + kv + adapters + context{prefix} ({parts})")
         return data
 
     @computed_field(description="Everything one replica needs, MiB; its enforced budget.")
     @property
     def total_mb(self) -> int:
-        return self.weights_mb + self.kv_cache_mb + self.adapters_mb + self.context_mb
+        return self.weights_mb + self.kv_cache_mb + self.adapters_mb + self.context_mb + (self.prefix_cache_mb or 0)
 
 
 class ReplicaSizing(BaseModel):
@@ -108,6 +113,32 @@ def kv_mb_per_sequence(demand: DeploymentDemand, policy: PlacementPolicy, varian
     return policy.fallback_kv_cache_mb_per_sequence * tokens / policy.max_sequence_tokens, "fallback"
 
 
+def prefix_cache_mb(demand: DeploymentDemand, policy: PlacementPolicy, variant: str, device: Device,
+                    models: int) -> int:
+    """The prefix cache of a replica holding ``models`` adapters, MiB: ``prefix_tokens_per_model`` tokens of KV for
+    each adapter and the bare base (the cache keys blocks by adapter), at the KV cache's bytes per token."""
+    if not policy.prefix_tokens_per_model:  # None (not planned) or 0 (off)
+        return 0
+    kv_seq, _ = kv_mb_per_sequence(demand, policy, variant, device)
+    per_token = kv_seq / (policy.max_sequence_tokens + demand.base.image_tokens)
+    return math.ceil(per_token * policy.prefix_tokens_per_model * (models + 1))
+
+
+def _models_that_fit(demand: DeploymentDemand, policy: PlacementPolicy, variant: str, device: Device, left_mb: int,
+                     slot: int) -> int:
+    """Adapters whose slots and prefix-cache shares fit in ``left_mb`` (at least one fits: checked before)."""
+    per_model = prefix_cache_mb(demand, policy, variant, device, 1) / 2  # one adapter + the bare base
+    if slot + per_model <= 0:
+        return policy.max_num_models_per_replica
+    fits = lambda m: slot * m + prefix_cache_mb(demand, policy, variant, device, m) <= left_mb  # noqa: E731
+    models = max(1, int((left_mb - per_model) // (slot + per_model)))
+    while fits(models + 1):  # the closed form's rounding, either way
+        models += 1
+    while models > 1 and not fits(models):
+        models -= 1
+    return models
+
+
 def candidate_variants(demand: DeploymentDemand, policy: PlacementPolicy) -> list[tuple[str, str]]:
     """Allowed variants in the order they are tried, each with the rule that put it there."""
     allowed = policy.allow_quantized if demand.allow_quantized is None else demand.allow_quantized
@@ -140,11 +171,13 @@ def variant_shortfall(demand: DeploymentDemand, policy: PlacementPolicy, variant
     slot = max((a.size_mb for a in demand.adapters), default=0)
     weights = demand.base.approx_vram_mb[variant]
     kv = math.ceil(kv_mb_per_sequence(demand, policy, variant, device)[0] * policy.max_concurrent_sequences)
-    need = weights + kv + slot + context
+    prefix = prefix_cache_mb(demand, policy, variant, device, 1)
+    need = weights + kv + slot + context + prefix
     if need <= capacity_mb:
         return None
-    return (f"{variant} needs {need} MiB (weights {weights} + KV {kv} + adapter {slot} + context {context}) > "
-            f"{capacity_mb} MiB usable")
+    planned = f" + prefix cache {prefix}" if policy.prefix_tokens_per_model is not None else ""
+    return (f"{variant} needs {need} MiB (weights {weights} + KV {kv} + adapter {slot} + context {context}{planned}) "
+            f"> {capacity_mb} MiB usable")
 
 
 def size_replica(demand: DeploymentDemand, policy: PlacementPolicy, *, device: Device, capacity_mb: int,
@@ -176,19 +209,22 @@ def size_replica(demand: DeploymentDemand, policy: PlacementPolicy, *, device: D
         kv_seq, kv_source = kv_mb_per_sequence(demand, policy, variant, device)
         kv = math.ceil(kv_seq * policy.max_concurrent_sequences)
         fixed = weights + kv + context
-        if fixed + slot > capacity_mb:
+        if variant_shortfall(demand, policy, variant, device, capacity_mb) is not None:
             skipped.append(variant_shortfall(demand, policy, variant, device, capacity_mb))
             continue
-        fit = (capacity_mb - fixed) // slot if slot else policy.max_num_models_per_replica
+        fit = _models_that_fit(demand, policy, variant, device, capacity_mb - fixed, slot)
         limits = {"policy max_num_models_per_replica": policy.max_num_models_per_replica,
-                  "adapters served": max(1, len(demand.adapters)), "memory left after weights + KV + context": fit}
+                  "adapters served": max(1, len(demand.adapters)),
+                  "memory left after weights + KV + context": fit}
         models = min(limits.values())
         binding = next(k for k, v in limits.items() if v == models)
         memory = ReplicaMemory(weights_mb=weights, kv_cache_mb=kv, kv_mb_per_sequence=round(kv_seq, 2),
                                image_tokens=demand.base.image_tokens, kv_source=kv_source,
                                max_concurrent_sequences=policy.max_concurrent_sequences,
                                adapters_mb=slot * models if demand.adapters else 0, adapter_slot_mb=slot,
-                               context_mb=context)
+                               context_mb=context,
+                               prefix_cache_mb=None if policy.prefix_tokens_per_model is None
+                               else prefix_cache_mb(demand, policy, variant, device, models))
         reason = why + "".join(f"; skipped {s}" for s in skipped)
         return ReplicaSizing(variant=variant, variant_reason=reason, memory=memory, max_num_models_per_replica=models,
                              models_reason=f"{models} = {binding} (limits: "

@@ -158,6 +158,8 @@ def pool_settings(settings: AppSettings, store: Any, placement: AppPlacement, na
     engine: dict[str, Any] = {}
     if pool.kv_cache_mb:  # the plan's KV share of the replica budget: the engine's continuous KV cache
         engine["kv_cache_bytes"] = pool.kv_cache_mb * 1024 * 1024
+    if pool.prefix_cache_mb is not None:  # the plan's prefix-cache share (policy prefix_tokens_per_model); 0: off
+        engine["prefix_cache_bytes"] = pool.prefix_cache_mb * 1024 * 1024
     models = (opts.get("user_config") or {}).get("max_num_models_per_replica")
     if models:  # the plan's adapter slots (adapters_mb): the engine's stacked LoRA buffers hold that many
         engine["max_loaded_adapters"] = int(models)

@@ -78,8 +78,9 @@ class EngineConfig(BaseModel):
         32 * 1024 * 1024, ge=0,
         description=(
             "Memory for prompt blocks the continuous loop keeps to reuse (prefix sharing: an agent's system prompt "
-            "is computed once per adapter); 0 turns it off. Outside the planned KV budget: the per-replica "
-            "context overhead of the plan (cuda_context_mb / cpu_process_overhead_mb) holds it."
+            "is computed once per adapter); 0 turns it off. A plan made with the policy's prefix_tokens_per_model "
+            "sets it and counts it in the replica's budget; otherwise the default sits in the plan's per-replica "
+            "context overhead (cuda_context_mb / cpu_process_overhead_mb)."
         ),
     )
     prefix_block_tokens: int = Field(

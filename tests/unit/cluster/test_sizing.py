@@ -99,3 +99,29 @@ def test_max_num_models_per_replica(n_adapters, size_mb, cap, capacity, expected
     assert sizing.models_reason.startswith(f"{expected} = {binding}")
     assert sizing.memory.adapters_mb == (expected * size_mb if n_adapters else 0)
     assert sizing.memory.total_mb <= capacity
+
+
+def test_a_planned_prefix_cache_is_counted_per_adapter_and_the_bare_base():
+    from .conftest import adapters
+
+    d = demand(n_adapters=0).model_copy(update={"adapters": adapters(8, 160 * 1024 * 1024)})
+    # Mistral-7B fp16: 65,536 KV values a token x 2 bytes = 128 KiB; 512 tokens = 64 MiB per model, 9 models.
+    sizing = _size(d, PlacementPolicy(prefix_tokens_per_model=512))
+    m = sizing.memory
+    assert sizing.max_num_models_per_replica == 8 and m.prefix_cache_mb == 64 * 9
+    assert m.total_mb == m.weights_mb + m.kv_cache_mb + m.adapters_mb + m.context_mb + 576
+    assert _size(d).memory.prefix_cache_mb is None  # not planned: the engine's own default, outside the budget
+    assert _size(d, PlacementPolicy(prefix_tokens_per_model=0)).memory.prefix_cache_mb == 0  # sharing off
+
+
+def test_a_planned_prefix_cache_takes_its_share_of_the_adapter_slots():
+    from .conftest import adapters
+
+    d = demand(n_adapters=0, allow_quantized=True).model_copy(update={"adapters": adapters(8, 600 * 1024 * 1024)})
+    # int8: 7175 + 2560 + 500 = 10235 MiB fixed; 12235 usable leaves 2000: 3 slots of 600 MiB without a prefix
+    # cache, 2 with 64 MiB per model (600 x 3 + 64 x 4 = 2056 > 2000; 600 x 2 + 64 x 3 = 1392).
+    assert _size(d, capacity=12235).max_num_models_per_replica == 3
+    sizing = _size(d, PlacementPolicy(prefix_tokens_per_model=512), capacity=12235)
+    assert sizing.max_num_models_per_replica == 2 and sizing.memory.prefix_cache_mb == 192
+    assert sizing.models_reason.startswith("2 = memory left after weights + KV + context")
+    assert sizing.memory.total_mb <= 12235

@@ -219,6 +219,15 @@ def test_placement_then_llm_then_pool_args(seeded_store_root):
     assert kv_mb and full.engine.kv_cache_bytes == kv_mb * 1024 * 1024
     per_sequence = (full.engine.max_prompt_tokens + full.engine.max_new_tokens_limit) * 2048  # tiny fp32: 2 KiB/token
     assert full.engine.kv_cache_bytes // per_sequence == full.runtime.max_batch_size
+    assert full.engine.prefix_cache_bytes == 32 * 1024 * 1024  # no prefix_tokens_per_model: the engine's default
+    planned = AppSettings(store_root=str(seeded_store_root), inventory="cpu-only",
+                          policy={"prefix_tokens_per_model": 256})
+    prefix_placement = plan_placement(planned, store, load_agent_map())
+    prefix_mb = prefix_placement.pools["BaseLLM-fp32"].prefix_cache_mb
+    models = prefix_placement.pools["BaseLLM-fp32"].serve_options["user_config"]["max_num_models_per_replica"]
+    assert prefix_mb == -(-256 * 2048 * (models + 1) // (1024 * 1024))  # tiny fp32: 2 KiB a token, ceil to MiB
+    assert pool_settings(planned, store, prefix_placement, "BaseLLM-fp32").engine.prefix_cache_bytes == \
+        prefix_mb * 1024 * 1024
     with pytest.raises(ValueError, match=r"llm args \['deployment_name'\] are set by the placement"):
         AppSettings(llm={"deployment_name": "X"})
     with pytest.raises(AppBuildError, match="pool names are 'BaseLLM-<variant>'"):
