@@ -197,12 +197,11 @@ class StackedLora:
         index, entries, mask = active
         if mask is _BGMV and x3.shape[1] == 1:
             # Triton BGMV: each row reads its own entry's A and B from the buffers and adds into the output.
-            out = output.reshape(x3.shape[0], -1)
-            if out.dtype != a.dtype or not out.is_contiguous():
+            if output.dtype != a.dtype or not output.is_contiguous():  # (a reshape would then write into a copy)
                 delta = torch.zeros((x3.shape[0], b.shape[-1]), dtype=a.dtype, device=x.device)
                 lora_bgmv(x3[:, 0], a, b, index, delta)
                 return output + delta.reshape(output.shape).to(output.dtype)
-            lora_bgmv(x3[:, 0], a, b, index, out)
+            lora_bgmv(x3[:, 0], a, b, index, output.view(x3.shape[0], -1))
             return output
         if isinstance(mask, torch.Tensor) and x3.shape[1] == 1:
             # Dense (a decode step, no more entries than rows): each entry's weights are read once, in two plain
