@@ -32,7 +32,9 @@ every join.
 On a device other than CUDA there is nothing to capture; ``mode="static"`` runs the very step function that
 CUDA captures eagerly on the same buffers and buckets, which is how the CPU tests check it gives each row the
 tokens of the dynamic eager step. A capture that fails (an op that needs the host mid-step, e.g. a quantized
-kernel's) turns graphs off for the engine, which then decodes eagerly; ``stats`` names the error.
+kernel's) turns graphs off for the engine, which then decodes eagerly; ``stats`` names the error. Running out of
+memory is not such a failure: the step fails like any out-of-memory step (its rows get a retryable error) and
+the bucket is captured on a later step.
 """
 
 from __future__ import annotations
@@ -160,6 +162,8 @@ class DecodeGraphs:
         if step is None:
             try:
                 logits = self._capture(key)
+            except torch.OutOfMemoryError:  # memory, not capturability: the step fails like any OOM, and the
+                raise  # bucket is captured on a later step
             except Exception as exc:  # not capturable here: decode eagerly from now on
                 self._fail(key, exc)
                 return None
@@ -191,6 +195,9 @@ class DecodeGraphs:
                     self._fill([self._pad_id] * rows, [kv_len - 1] * rows, [int(lora)] * rows, rows)
                     try:
                         self._capture(key)
+                    except torch.OutOfMemoryError:  # the rest are captured when a step needs them
+                        log.warning("capturing decode graphs stopped at %s: out of memory", key)
+                        return done
                     except Exception as exc:
                         self._fail(key, exc)
                         return done

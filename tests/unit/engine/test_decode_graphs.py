@@ -232,3 +232,25 @@ def test_a_capture_asked_for_while_rows_run_waits_for_them(base_model, tokenizer
     assert handle.future.result(120).text == alone
     assert captured.result(120) > 0
     assert order == ["row", "captures"]  # they ran once the loop was idle, never into a running row's slot
+
+
+def test_out_of_memory_while_capturing_fails_the_step_not_the_graphs(base_model, tokenizer, adapter_dirs,
+                                                                     monkeypatch):
+    engine = _graphed(base_model, tokenizer, adapter_dirs)
+    real = DecodeGraphs._forward
+    broken = {"on": True}
+
+    def forward(self, rows, kv_len, lora):
+        if broken["on"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, rows, kv_len, lora)
+
+    monkeypatch.setattr(DecodeGraphs, "_forward", forward)
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.submit(_request(tokenizer, 0, ADAPTER_NAMES[0], 6)).future.result(60)
+    broken["on"] = False
+    row = _request(tokenizer, 1, ADAPTER_NAMES[0], 6)
+    assert engine.submit(row).future.result(60).text == engine.generate([row])[0].text
+    stats = engine.stats()
+    assert stats["decode_graphs"] == "static" and stats["decode_graph_replays"] > 0
+    assert stats["continuous_rows_failed"] == 1
