@@ -20,6 +20,14 @@ from tests.unit.engine.helpers import ADAPTER_NAMES, chat
 from tests.unit.engine.test_constraints import SCHEMAS
 
 
+@pytest.fixture(params=["eager", "graphed"])
+def engine(request, base_model, tokenizer):
+    """Every test on an engine runs twice: eager decode steps, and the graphed step (``decode_graphs="static"``:
+    the step CUDA captures, run uncaptured) -- the loop must keep every behaviour on both."""
+    return InferenceEngine(base_model, tokenizer, EngineConfig(decode_graphs="off" if request.param == "eager"
+                                                               else "static"))
+
+
 def _request(tokenizer, i: int, *, adapter: str | None = "cycle", tokens: int | None = None, **params) -> GenerationRequest:
     adapters = [None, *ADAPTER_NAMES]
     return GenerationRequest(
