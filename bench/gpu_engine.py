@@ -484,20 +484,20 @@ def run(args) -> dict:
             engine_cases(mode)
         n = args.hf_rows
         if "continuous" in args.paths and n in args.rows:  # the same mixed rows, the gather on every decode step
-            def gather_case() -> dict:
+            def mixed_case() -> dict:
                 runner.continuous(requests("mixed", n, args.warmup_tokens), args.warmup_tokens)
                 return runner.continuous(requests("mixed", n, args.new_tokens), args.new_tokens)
             engine.set_lora_decode_kernel("gather")
-            out.case(f"continuous/mixed_gather/{n}", gather_case, memory, path="continuous", mode="mixed", rows=n,
+            out.case(f"continuous/mixed_gather/{n}", mixed_case, memory, path="continuous", mode="mixed", rows=n,
                      adapters=min(n, args.adapters), lora_decode_kernel="gather")
             if device.type == "cuda" and bgmv_unavailable(device) is None:  # ... with the Triton BGMV kernels
                 engine.set_lora_decode_kernel("bgmv")
-                out.case(f"continuous/mixed_bgmv/{n}", gather_case, memory, path="continuous", mode="mixed", rows=n,
+                out.case(f"continuous/mixed_bgmv/{n}", mixed_case, memory, path="continuous", mode="mixed", rows=n,
                          adapters=min(n, args.adapters), lora_decode_kernel="bgmv")
             engine.set_lora_decode_kernel("auto")
             if engine.stats()["decode_graphs"] != "off":  # the same mixed rows, every decode step eager
                 engine.set_decode_graphs(False)
-                out.case(f"continuous/mixed_eager/{n}", gather_case, memory, path="continuous", mode="mixed",
+                out.case(f"continuous/mixed_eager/{n}", mixed_case, memory, path="continuous", mode="mixed",
                          rows=n, adapters=min(n, args.adapters), decode_graphs="off")
                 engine.set_decode_graphs(True)
     doc["decode_graphs"] = {k: v for k, v in engine.stats().items() if k.startswith("decode_graph")}

@@ -49,7 +49,7 @@ import torch
 from .kv_slots import SlotKVCache
 from .lora_batch import StackedLora
 
-__all__ = ["DecodeGraphs", "GraphStats", "row_buckets", "kv_bucket", "kv_buckets"]
+__all__ = ["DecodeGraphs", "GraphStats", "row_buckets", "kv_buckets"]
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,14 @@ def row_buckets(slots: int) -> list[int]:
 
 
 def kv_buckets(slot_tokens: int) -> list[int]:
-    """Every kv length a graphed step may attend to with slots of ``slot_tokens``."""
+    """Every kv length a graphed step may attend to with slots of ``slot_tokens``: powers of two from 128, then the
+    whole slot; a step takes the smallest that holds its longest row."""
     buckets, bucket = [], KV_BUCKET_MIN
     while bucket < slot_tokens:
         buckets.append(bucket)
         bucket *= 2
     return [*buckets, slot_tokens]
 
-
-def kv_bucket(kv_len: int, slot_tokens: int) -> int:
-    """Positions a graphed step attends to for ``kv_len`` needed: the next power of two from 128, at most a slot."""
-    bucket = KV_BUCKET_MIN
-    while bucket < kv_len:
-        bucket *= 2
-    return min(bucket, slot_tokens)
 
 
 @dataclass
@@ -125,6 +119,7 @@ class DecodeGraphs:
         self._model, self.cache, self._stacked = model, cache, stacked
         self._device, self._pad_id, self.mode = device, pad_id, mode
         self.buckets = row_buckets(cache.slots)
+        self.kv_buckets = kv_buckets(cache.slot_tokens)
         rows = self.buckets[-1]
         # The static inputs: row r's last token, length (= its position and write position), LoRA entry.
         self._inputs = torch.zeros((3, rows), dtype=torch.long, device=device)
@@ -152,7 +147,7 @@ class DecodeGraphs:
             return None
         n = len(tokens)
         rows = next(b for b in self.buckets if b >= n)
-        kv_len = kv_bucket(max(lengths) + 1, self.cache.slot_tokens)
+        kv_len = next(b for b in self.kv_buckets if b > max(lengths))  # a row attends to positions 0..its length
         lora = any(entries)
         if lora:
             self._check_lora_tag()
@@ -186,7 +181,7 @@ class DecodeGraphs:
         variants = [False, True] if self._stacked.rank else [False]
         done = 0
         for rows in reversed(self.buckets):
-            for kv_len in reversed(kv_buckets(self.cache.slot_tokens)):
+            for kv_len in reversed(self.kv_buckets):
                 for lora in variants:
                     key = (rows, kv_len, lora)
                     if key in self._steps:
@@ -211,9 +206,7 @@ class DecodeGraphs:
         staging = self._staging
         staging[:, n:rows] = 0
         staging[0, n:rows] = self._pad_id
-        staging[0, :n] = torch.tensor(tokens, dtype=torch.long)
-        staging[1, :n] = torch.tensor(lengths, dtype=torch.long)
-        staging[2, :n] = torch.tensor(entries, dtype=torch.long)
+        staging[:, :n] = torch.tensor([tokens, lengths, entries], dtype=torch.long)
         self._inputs[:, :rows].copy_(staging[:, :rows], non_blocking=True)
 
     def _fail(self, key: tuple[int, int, bool], exc: Exception) -> None:
@@ -229,8 +222,7 @@ class DecodeGraphs:
 
     def _forward(self, rows: int, kv_len: int, lora: bool) -> torch.Tensor:
         tokens, lengths, entries = self._inputs[0, :rows], self._inputs[1, :rows], self._inputs[2, :rows]
-        self.cache.bind(0, lengths[:, None], kv_len)
-        mask = self.cache.decode_mask(lengths, self.cache.dtype)
+        mask = self.cache.bind_decode(lengths, kv_len)
         route = self._stacked.route(entries, self._stacked.capacity) if lora else contextlib.nullcontext()
         with route:
             out = self._model(input_ids=tokens[:, None], attention_mask=mask, position_ids=lengths[:, None],

@@ -138,6 +138,13 @@ class SlotKVCache(Cache):
             k[slot, :, start:start + length] = block[layer, 0]
             v[slot, :, start:start + length] = block[layer, 1]
 
+    def bind_decode(self, lengths: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """Cover slots ``0 .. len(lengths)`` in a decode step (row r writes its one token at ``lengths[r]``) and
+        return its attention mask (:meth:`decode_mask` in the cache's dtype). Device ops only: a captured step
+        (``engine/graphs.py``) builds it inside the graph from its static ``lengths``."""
+        self.bind(0, lengths[:, None], kv_len)
+        return self.decode_mask(lengths, self.dtype)
+
     def decode_mask(self, lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Additive ``[rows, 1, 1, kv_len]`` mask for a decode step: row r sees positions ``0 .. lengths[r]``."""
         t = torch.arange(self._kv_len, device=lengths.device)

@@ -382,13 +382,11 @@ class ContinuousScheduler:
         n = len(rows)
         logits = self._graphed_step(rows) if self.graphs is not None and self.graphs.enabled else None
         if logits is None:
-            lengths = torch.tensor([r.length for r in rows], dtype=torch.long)
-            kv_len = int(lengths.max()) + 1
-            self.cache.bind(0, lengths[:, None].to(self._device), kv_len)
-            lengths_d = lengths.to(self._device)
+            lengths = [r.length for r in rows]
+            lengths_d = torch.tensor(lengths, dtype=torch.long, device=self._device)
+            mask = self.cache.bind_decode(lengths_d, max(lengths) + 1)
             logits = self._forward(rows, torch.tensor([[r.last_token] for r in rows], device=self._device),
-                                   lengths_d[:, None], self.cache.decode_mask(lengths_d, self.cache.dtype), 1,
-                                   {})[:, -1, :]
+                                   lengths_d[:, None], mask, 1, {})[:, -1, :]
         for r in rows:
             r.length += 1
         self.stats.decode_steps += 1

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine import EngineConfig, GenerationRequest, InferenceEngine, SamplingParams
-from engine.graphs import DecodeGraphs, kv_bucket, row_buckets
+from engine.graphs import DecodeGraphs, kv_buckets, row_buckets
 from tests.unit.engine.helpers import ADAPTER_NAMES, chat, make_adapter
 from tests.unit.engine.test_constraints import SCHEMAS
 
@@ -46,8 +46,8 @@ def test_buckets():
     assert row_buckets(5) == [1, 2, 4, 5]
     assert row_buckets(32) == [1, 2, 4, 8, 16, 24, 32]
     assert row_buckets(30) == [1, 2, 4, 8, 16, 24, 30]
-    assert [kv_bucket(n, 2560) for n in (1, 128, 129, 700, 2049, 2560)] == [128, 128, 256, 1024, 2560, 2560]
-    assert kv_bucket(40, 96) == 96
+    assert kv_buckets(2560) == [128, 256, 512, 1024, 2048, 2560]
+    assert kv_buckets(300) == [128, 256, 300] and kv_buckets(256) == [128, 256] and kv_buckets(96) == [96]
 
 
 def test_graphed_rows_give_the_tokens_they_give_alone(base_model, tokenizer, adapter_dirs):
